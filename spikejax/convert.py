@@ -1,0 +1,226 @@
+"""Official PyTorch checkpoints -> spikejax models (spec §9).
+
+Our module tree mirrors the official state_dict, so each official key is a rename of one of
+our variable paths (``to_official_key``) plus a layout change:
+conv OIHW -> HWIO (depthwise ``(C,1,k,k)`` -> ``(k,k,1,C)``), Conv1d ``(out,in,1)`` / 1x1 conv
+``(out,in,1,1)`` / Linear ``(out,in)`` -> ``(in,out)``, BN weight -> ``scale``,
+``running_mean/var`` -> ``mean/var``. ``num_batches_tracked`` is accepted and ignored.
+
+Command line::
+
+    python -m spikejax.convert official.pth|.npz --model NAME [--num-classes N] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Mapping
+
+import numpy as np
+from flax import nnx
+
+_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+         "var": "running_var"}
+# Modules whose children `conv` / `bn` are an official nn.Sequential(conv, bn) -> `0` / `1`.
+_CONV_BN = {"pwconv1", "pwconv2", "dwconv", "q_conv", "k_conv", "v_conv", "proj_conv"}
+_TOP = {"conv_block1_1": "ConvBlock1_1", "conv_block1_2": "ConvBlock1_2",
+        "conv_block2_1": "ConvBlock2_1", "conv_block2_2": "ConvBlock2_2"}
+
+
+def to_official_key(path: tuple) -> str:
+  """Our variable path (tuple of str/int) -> the official state_dict key."""
+  parts = [str(p) for p in path]
+  out = []
+  for i, p in enumerate(parts):
+    if i == len(parts) - 1:
+      out.append(_LEAF.get(p, p))
+    elif i == 0:
+      out.append(_TOP.get(p, p))
+    elif p in ("conv", "bn") and i > 0 and parts[i - 1] in _CONV_BN:
+      out.append("0" if p == "conv" else "1")
+    elif p == "sep_conv":
+      out.append("Conv" if parts[0].startswith("conv_block") else "conv")
+    else:
+      out.append(p)
+  return ".".join(out)
+
+
+def official_stage_name(name: str) -> str:
+  """Our stage name (``spikejax.models.STAGES``) -> the official module name."""
+  return _TOP.get(name, name)
+
+
+def _flat_vars(model) -> list[tuple[tuple, Any]]:
+  state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+  return list(nnx.to_flat_state(state))
+
+
+def _expected_official_shape(ours: tuple[int, ...]) -> tuple[int, ...]:
+  if len(ours) == 4:
+    kh, kw, i, o = ours
+    return (o, i, kh, kw)
+  if len(ours) == 2:
+    return (ours[1], ours[0])
+  return ours
+
+
+def _convert_array(key: str, value: np.ndarray, ours_shape: tuple[int, ...]) -> np.ndarray:
+  value = np.asarray(value)
+  want = _expected_official_shape(ours_shape)
+  shape = tuple(value.shape)
+  if len(ours_shape) == 2:  # Linear / Conv1d k=1 / 1x1 conv -> (in, out)
+    squeezed = shape
+    while len(squeezed) > 2 and squeezed[-1] == 1:
+      squeezed = squeezed[:-1]
+    if squeezed != want:
+      raise ValueError(f"shape mismatch for {key!r}: the checkpoint has {shape}, the model "
+                       f"expects {want} (or {want + (1,)} / {want + (1, 1)} for a 1x1 conv); "
+                       f"check --model / --num-classes.")
+    return value.reshape(want).T
+  if shape != want:
+    raise ValueError(f"shape mismatch for {key!r}: the checkpoint has {shape}, the model "
+                     f"expects {want}; check --model / --num-classes.")
+  if len(ours_shape) == 4:
+    return value.transpose(2, 3, 1, 0)
+  return value
+
+
+def to_official_array(value: np.ndarray, official_shape: tuple[int, ...] | None = None):
+  """Our layout -> the official PyTorch layout (the inverse of loading)."""
+  value = np.asarray(value)
+  if value.ndim == 4:
+    out = value.transpose(3, 2, 0, 1)
+  elif value.ndim == 2:
+    out = value.T
+  else:
+    out = value
+  if official_shape is not None:
+    out = out.reshape(official_shape)
+  return out
+
+
+def export_state_dict(tree_or_model, official_shapes: Mapping[str, tuple] | None = None):
+  """Our variables (a model, or an ``nnx.State`` such as gradients) -> official keys/layouts.
+
+  ``official_shapes`` restores trailing singleton dims (Conv1d ``(out,in,1)``, 1x1 conv
+  ``(out,in,1,1)``); without it 1x1 convs come out as ``(out, in)``.
+  """
+  if isinstance(tree_or_model, nnx.Module):
+    flat = _flat_vars(tree_or_model)
+  else:
+    flat = list(nnx.to_flat_state(tree_or_model))
+  out = {}
+  for path, var in flat:
+    key = to_official_key(path)
+    value = var.get_value() if hasattr(var, "get_value") else var
+    shape = None if official_shapes is None else official_shapes.get(key)
+    out[key] = to_official_array(np.asarray(value), shape)
+  return out
+
+
+def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Strips wrappers and prefixes (``model``/``state_dict`` entries, ``module.``, ``state_dict/``)."""
+  sd = state_dict
+  for wrapper in ("model", "state_dict", "model_ema"):
+    if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
+      sd = sd[wrapper]
+      break
+  out = {}
+  for k, v in sd.items():
+    for prefix in ("state_dict/", "module."):
+      if k.startswith(prefix):
+        k = k[len(prefix):]
+    if hasattr(v, "detach"):
+      v = v.detach().cpu().numpy()
+    out[k] = np.asarray(v)
+  return out
+
+
+def load_official_state_dict(model, state_dict: Mapping[str, Any], *, strict: bool = True):
+  """Loads official state_dict arrays (weights + BN running stats) into ``model`` in place.
+
+  Raises ValueError naming every missing or unexpected key, or the first mis-shaped key with
+  both shapes. ``num_batches_tracked`` entries are ignored. Returns ``model``.
+  """
+  sd = clean_state_dict(state_dict)
+  flat = _flat_vars(model)
+  mapping = {to_official_key(path): (path, var) for path, var in flat}
+  provided = {k for k in sd if not k.endswith("num_batches_tracked")}
+  missing = sorted(set(mapping) - provided)
+  unexpected = sorted(provided - set(mapping))
+  if strict and (missing or unexpected):
+    lines = []
+    if missing:
+      lines.append(f"{len(missing)} missing key(s): {missing[:10]}" +
+                   (" ..." if len(missing) > 10 else ""))
+    if unexpected:
+      lines.append(f"{len(unexpected)} unexpected key(s): {unexpected[:10]}" +
+                   (" ..." if len(unexpected) > 10 else ""))
+    raise ValueError("the state_dict does not match the model: " + "; ".join(lines) +
+                     ". Check the model name (spikejax.models.list_models()).")
+  # Convert everything first, so a bad key leaves the model untouched.
+  new = {}
+  for key, (path, var) in mapping.items():
+    if key not in sd:
+      continue
+    cur = var.get_value()
+    arr = _convert_array(key, sd[key], tuple(cur.shape))
+    new[key] = arr.astype(cur.dtype)
+  for key, arr in new.items():
+    mapping[key][1].set_value(np.asarray(arr))
+  return model
+
+
+def read_checkpoint_file(path: str) -> dict[str, np.ndarray]:
+  """Reads an official ``.pth``/``.pt`` (needs torch) or ``.npz`` file into numpy arrays."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint file {path!r} does not exist.")
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as z:
+      return clean_state_dict({k: z[k] for k in z.files
+                               if k.startswith("state_dict/") or "/" not in k})
+  if path.endswith((".pth", ".pt", ".bin")):
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError("reading .pth files needs PyTorch: pip install 'spikejax[torch]' "
+                        "(or convert to .npz elsewhere).") from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return clean_state_dict(obj)
+  raise ValueError(f"unknown checkpoint format {path!r}: expected .pth, .pt or .npz.")
+
+
+def infer_num_classes(sd: Mapping[str, np.ndarray]) -> int | None:
+  w = sd.get("head.weight")
+  return None if w is None else int(w.shape[0])
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m spikejax.convert",
+                              description="Convert an official E-SpikeFormer checkpoint to an "
+                                          "orbax checkpoint of spikejax.")
+  p.add_argument("checkpoint", help="official .pth/.pt or .npz file")
+  p.add_argument("--model", required=True, help="spikejax model name (or official name)")
+  p.add_argument("--num-classes", type=int, default=None,
+                 help="classes of the head (default: read from head.weight)")
+  p.add_argument("--out", required=True, help="output directory (must not exist yet)")
+  args = p.parse_args(argv)
+
+  from spikejax.models import create_model, get_variant
+  from spikejax.train import checkpoints
+
+  variant = get_variant(args.model)
+  sd = read_checkpoint_file(args.checkpoint)
+  n_cls = args.num_classes or infer_num_classes(sd) or 1000
+  model = create_model(variant.name, num_classes=n_cls, rngs=nnx.Rngs(0))
+  load_official_state_dict(model, sd)
+  checkpoints.save_model(args.out, model, model_name=variant.name,
+                         model_kwargs={"num_classes": n_cls})
+  print(f"wrote {variant.name} ({n_cls} classes) to {os.path.abspath(args.out)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,12 @@
+"""E-SpikeFormer model zoo (Flax NNX)."""
+
+from spikejax.models.layers import BatchNorm, SpikeConfig, SpikeNeuron
+from spikejax.models.espikeformer import ESpikeFormer, ESpikeFormerConfig, STAGES
+from spikejax.models.registry import VARIANTS, create_model, get_variant, list_models
+
+
+def count_params(model) -> int:
+  """Number of trainable parameters (``nnx.Param``), BN statistics excluded."""
+  import jax
+  from flax import nnx
+  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,326 @@
+"""E-SpikeFormer, exactly as the official base models (spec §2; official ``Model_Base/models.py``).
+
+Layout: NHWC images; every activation carries a leading merged ``T * B`` axis. Module and
+attribute names follow the official state_dict (spec §9.1) so checkpoint conversion is a
+rename: ``ConvBlock1_1.0.Conv.pwconv1.0.weight`` <-> ``conv_block1_1/0/sep_conv/pwconv1/conv/kernel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from spikejax.models.layers import BatchNorm, SpikeConfig, SpikeNeuron, conv2d
+
+Array = jax.Array
+
+
+class ConvBN(nnx.Module):
+  """Conv (no bias unless asked) followed by BatchNorm: official ``nn.Sequential(conv, bn)``."""
+
+  def __init__(self, cin, cout, kernel_size=1, *, stride=1, padding=0, groups=1,
+               use_bias=False, dtype=None, param_dtype=jnp.float32, rngs):
+    self.conv = conv2d(cin, cout, kernel_size, stride=stride, padding=padding, groups=groups,
+                       use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.bn = BatchNorm(cout, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x):
+    return self.bn(self.conv(x))
+
+
+class SpikeSepConv(nnx.Module):
+  """SN -> PW(d->2d)+BN -> SN -> DW kxk+BN -> SN -> PW(2d->d)+BN (spec §2.1, ``SepConv_Spike``)."""
+
+  def __init__(self, dim, kernel_size, spike: SpikeConfig, *, dtype=None,
+               param_dtype=jnp.float32, rngs):
+    mid = 2 * dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.spike1 = SpikeNeuron(spike)
+    self.pwconv1 = ConvBN(dim, mid, 1, **kw)
+    self.spike2 = SpikeNeuron(spike)
+    self.dwconv = ConvBN(mid, mid, kernel_size, padding=(kernel_size - 1) // 2, groups=mid, **kw)
+    self.spike3 = SpikeNeuron(spike)
+    self.pwconv2 = ConvBN(mid, dim, 1, **kw)
+
+  def __call__(self, x):
+    x = self.pwconv1(self.spike1(x))
+    x = self.dwconv(self.spike2(x))
+    return self.pwconv2(self.spike3(x))
+
+
+class ConvBlock(nnx.Module):
+  """Conv-based block (``MS_ConvBlock_spike_SepConv``, spec §2.1), mlp_ratio 4."""
+
+  def __init__(self, dim, spike: SpikeConfig, *, mlp_ratio=4, dtype=None,
+               param_dtype=jnp.float32, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    hidden = int(dim * mlp_ratio)
+    self.sep_conv = SpikeSepConv(dim, 7, spike, **kw)
+    self.spike1 = SpikeNeuron(spike)
+    self.conv1 = conv2d(dim, hidden, 3, padding=1, use_bias=False, **kw)
+    self.bn1 = BatchNorm(hidden, dtype=dtype, param_dtype=param_dtype)
+    self.spike2 = SpikeNeuron(spike)
+    self.conv2 = conv2d(hidden, dim, 3, padding=1, use_bias=False, **kw)
+    self.bn2 = BatchNorm(dim, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x):
+    x = x + self.sep_conv(x)
+    y = self.bn1(self.conv1(self.spike1(x)))
+    y = self.bn2(self.conv2(self.spike2(y)))
+    return x + y
+
+
+class Attention(nnx.Module):
+  """E-SDSA (``MS_Attention_linear``, spec §2.1): softmax-free, (Q K^T) V, scale 2/sqrt(d_head)."""
+
+  def __init__(self, dim, spike: SpikeConfig, *, num_heads=8, v_ratio=4, dtype=None,
+               param_dtype=jnp.float32, rngs):
+    if dim % num_heads:
+      raise ValueError(f"attention dim {dim} is not divisible by num_heads={num_heads}.")
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.num_heads = num_heads
+    self.scale = 2.0 * (dim // num_heads) ** -0.5
+    self.head_spike = SpikeNeuron(spike)
+    self.q_conv = ConvBN(dim, dim, **kw)
+    self.q_spike = SpikeNeuron(spike)
+    self.k_conv = ConvBN(dim, dim, **kw)
+    self.k_spike = SpikeNeuron(spike)
+    self.v_conv = ConvBN(dim, dim * v_ratio, **kw)
+    self.v_spike = SpikeNeuron(spike)
+    self.attn_spike = SpikeNeuron(spike)
+    self.proj_conv = ConvBN(dim * v_ratio, dim, **kw)
+
+  def __call__(self, x):
+    n, h, w, _ = x.shape
+    z = self.head_spike(x)
+    q = self.q_spike(self.q_conv(z))
+    k = self.k_spike(self.k_conv(z))
+    v = self.v_spike(self.v_conv(z))
+
+    def heads(t):  # (n, h, w, C) -> (n, heads, N, C/heads); channel = head * C/heads + j
+      return t.reshape(n, h * w, self.num_heads, -1).transpose(0, 2, 1, 3)
+
+    q, k, v = heads(q), heads(k), heads(v)
+    attn = jnp.einsum("bhnc,bhmc->bhnm", q, k)          # Q K^T first, as the official code
+    o = jnp.einsum("bhnm,bhmc->bhnc", attn, v) * jnp.asarray(self.scale, v.dtype)
+    o = o.transpose(0, 2, 1, 3).reshape(n, h, w, -1)
+    return self.proj_conv(self.attn_spike(o))
+
+
+class MLP(nnx.Module):
+  """``MS_MLP`` (spec §2.1): SN -> Conv1d(d->4d, bias) -> BN1d -> SN -> Conv1d(4d->d, bias) -> BN1d."""
+
+  def __init__(self, dim, spike: SpikeConfig, *, mlp_ratio=4, dtype=None,
+               param_dtype=jnp.float32, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    hidden = int(dim * mlp_ratio)
+    self.fc1_spike = SpikeNeuron(spike)
+    self.fc1_conv = conv2d(dim, hidden, 1, use_bias=True, **kw)
+    self.fc1_bn = BatchNorm(hidden, dtype=dtype, param_dtype=param_dtype)
+    self.fc2_spike = SpikeNeuron(spike)
+    self.fc2_conv = conv2d(hidden, dim, 1, use_bias=True, **kw)
+    self.fc2_bn = BatchNorm(dim, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x):
+    x = self.fc1_bn(self.fc1_conv(self.fc1_spike(x)))
+    return self.fc2_bn(self.fc2_conv(self.fc2_spike(x)))
+
+
+class TransformerBlock(nnx.Module):
+  """Transformer-based block (``MS_Block_Spike_SepConv``, spec §2.1), optional layer scales (DVS)."""
+
+  def __init__(self, dim, spike: SpikeConfig, *, num_heads=8, mlp_ratio=4, v_ratio=4,
+               layer_scale: float | None = None, dtype=None, param_dtype=jnp.float32, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.sep_conv = SpikeSepConv(dim, 3, spike, **kw)
+    self.attn = Attention(dim, spike, num_heads=num_heads, v_ratio=v_ratio, **kw)
+    self.mlp = MLP(dim, spike, mlp_ratio=mlp_ratio, **kw)
+    if layer_scale is not None:
+      init = jnp.full((dim,), layer_scale, param_dtype)
+      self.layer_scale1 = nnx.Param(init)
+      self.layer_scale2 = nnx.Param(init)
+      self.layer_scale3 = nnx.Param(init)
+    self.has_layer_scale = layer_scale is not None
+
+  def __call__(self, x):
+    if self.has_layer_scale:
+      x = x + self.sep_conv(x) * self.layer_scale1[...]
+      x = x + self.attn(x) * self.layer_scale2[...]
+      return x + self.mlp(x) * self.layer_scale3[...]
+    x = x + self.sep_conv(x)
+    x = x + self.attn(x)
+    return x + self.mlp(x)
+
+
+class DownSampling(nnx.Module):
+  """[SN] -> Conv(k, s, p, bias) -> BN (spec §2.1); the stem has no SN."""
+
+  def __init__(self, cin, cout, spike: SpikeConfig, *, kernel_size=3, stride=2, padding=1,
+               first=False, dtype=None, param_dtype=jnp.float32, rngs):
+    self.encode_spike = None if first else SpikeNeuron(spike)
+    self.encode_conv = conv2d(cin, cout, kernel_size, stride=stride, padding=padding,
+                              use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.encode_bn = BatchNorm(cout, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x):
+    if self.encode_spike is not None:
+      x = self.encode_spike(x)
+    return self.encode_bn(self.encode_conv(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class ESpikeFormerConfig:
+  """Hyper-parameters of one E-SpikeFormer (spec §2.2, §3)."""
+  embed_dims: tuple[int, int, int, int] = (32, 64, 128, 192)
+  num_classes: int = 1000
+  in_channels: int = 3
+  num_heads: int = 8
+  mlp_ratio: int = 4
+  v_ratio: int = 4
+  conv_depths: tuple[int, int, int] = (1, 1, 2)       # ConvBlock1_1, ConvBlock1_2, ConvBlock2_x
+  block_depths: tuple[int, int] = (6, 2)               # block3, block4
+  # strides of downsample1_1 (stem), downsample1_2, downsample2, downsample3, downsample4
+  strides: tuple[int, int, int, int, int] = (2, 2, 2, 2, 1)
+  layer_scale: float | None = None                     # DVS variant: 1e-6
+  head_init: str = "trunc_normal"                      # BASE: trunc_normal(0.02); DVS: torch default
+
+  def __post_init__(self):
+    if len(self.embed_dims) != 4 or any(d % 2 for d in self.embed_dims[:1]):
+      raise ValueError(f"embed_dims must be 4 channel counts with an even first one, got "
+                       f"{self.embed_dims}.")
+    if len(self.strides) != 5 or any(s not in (1, 2) for s in self.strides):
+      raise ValueError(f"strides must be 5 values in {{1, 2}} (downsample1_1, downsample1_2, "
+                       f"downsample2, downsample3, downsample4), got {self.strides}.")
+    if self.num_classes < 1 or self.in_channels < 1:
+      raise ValueError(f"num_classes and in_channels must be >= 1, got {self.num_classes}, "
+                       f"{self.in_channels}.")
+    for d in self.embed_dims[2:]:
+      if d % self.num_heads:
+        raise ValueError(f"embed dim {d} is not divisible by num_heads={self.num_heads}.")
+
+  @property
+  def total_stride(self) -> int:
+    return math.prod(self.strides)
+
+
+STAGES = ("downsample1_1", "conv_block1_1", "downsample1_2", "conv_block1_2", "downsample2",
+          "conv_block2_1", "conv_block2_2", "downsample3", "block3", "downsample4", "block4")
+
+
+class ESpikeFormer(nnx.Module):
+  """``Spiking_vit_MetaFormer_Spike_SepConv`` (spec §2.2) with SFA neurons.
+
+  Call with NHWC images ``(B, H, W, C)`` (repeated over ``T`` real timesteps, direct
+  encoding) or time-major frames ``(T, B, H, W, C)``. Returns logits ``(B, num_classes)``,
+  averaged over ``T``.
+  """
+
+  def __init__(self, config: ESpikeFormerConfig, spike: SpikeConfig = SpikeConfig(), *,
+               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = config
+    self.spike = spike
+    self.dtype = dtype
+    c = config
+    c0, c1, c2, c3 = c.embed_dims
+    s = c.strides
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def conv_blocks(dim, n):
+      return nnx.List([ConvBlock(dim, spike, mlp_ratio=c.mlp_ratio, **kw) for _ in range(n)])
+
+    def blocks(dim, n):
+      return nnx.List([TransformerBlock(dim, spike, num_heads=c.num_heads,
+                                        mlp_ratio=c.mlp_ratio, v_ratio=c.v_ratio,
+                                        layer_scale=c.layer_scale, **kw) for _ in range(n)])
+
+    self.downsample1_1 = DownSampling(c.in_channels, c0 // 2, spike, kernel_size=7, stride=s[0],
+                                      padding=3, first=True, **kw)
+    self.conv_block1_1 = conv_blocks(c0 // 2, c.conv_depths[0])
+    self.downsample1_2 = DownSampling(c0 // 2, c0, spike, stride=s[1], **kw)
+    self.conv_block1_2 = conv_blocks(c0, c.conv_depths[1])
+    self.downsample2 = DownSampling(c0, c1, spike, stride=s[2], **kw)
+    self.conv_block2_1 = conv_blocks(c1, c.conv_depths[2] // 2 + c.conv_depths[2] % 2)
+    self.conv_block2_2 = conv_blocks(c1, c.conv_depths[2] // 2)
+    self.downsample3 = DownSampling(c1, c2, spike, stride=s[3], **kw)
+    self.block3 = blocks(c2, c.block_depths[0])
+    self.downsample4 = DownSampling(c2, c3, spike, stride=s[4], **kw)
+    self.block4 = blocks(c3, c.block_depths[1])
+    self.head_spike = SpikeNeuron(spike, head=True)
+    if c.head_init == "trunc_normal":
+      head_kernel = jax.nn.initializers.truncated_normal(0.02)
+      head_bias = jax.nn.initializers.zeros
+    else:
+      from spikejax.models.layers import torch_bias_init, torch_kernel_init
+      head_kernel, head_bias = torch_kernel_init(), torch_bias_init(c3)
+    self.head = nnx.Linear(c3, c.num_classes, kernel_init=head_kernel, bias_init=head_bias,
+                           dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  # ------------------------------------------------------------------ input checks
+  def check_input(self, x) -> None:
+    """Raises a ValueError naming what was expected if ``x`` cannot be fed to the model."""
+    c, T = self.config, self.spike.time_steps
+    shape = tuple(x.shape)
+    if len(shape) not in (4, 5):
+      raise ValueError(f"expected NHWC images (B, H, W, {c.in_channels}) or time-major frames "
+                       f"(T={T}, B, H, W, {c.in_channels}); got an array of rank {len(shape)} "
+                       f"with shape {shape}.")
+    if len(shape) == 5 and shape[0] != T:
+      raise ValueError(f"time-major input has {shape[0]} frames on axis 0 but the model was "
+                       f"built with time_steps={T}; shape {shape}.")
+    if shape[-1] != c.in_channels:
+      hint = ""
+      if shape[-3] == c.in_channels:
+        hint = " It looks like NCHW: transpose to NHWC, e.g. x.transpose(0, 2, 3, 1)."
+      raise ValueError(f"expected {c.in_channels} channels on the last axis (NHWC), got shape "
+                       f"{shape}.{hint}")
+    h, w = shape[-3], shape[-2]
+    if h % c.total_stride or w % c.total_stride:
+      raise ValueError(f"resolution {h}x{w} is not divisible by the total stride "
+                       f"{c.total_stride} of strides={c.strides}; use a multiple of "
+                       f"{c.total_stride} or other strides (e.g. strides=(1, 2, 2, 2, 1) for "
+                       f"28-32 px images).")
+
+  def _merge_time(self, x):
+    T = self.spike.time_steps
+    if x.ndim == 4:  # direct encoding: repeat the image over T real timesteps
+      x = jnp.broadcast_to(x[None], (T,) + x.shape)
+    return x.reshape((-1,) + x.shape[2:]), x.shape[1]
+
+  # ------------------------------------------------------------------ forward
+  def forward_features(self, x, *, return_stages: bool = False):
+    """The residual stream after block4, ``(T*B, h, w, c3)``; optionally every stage output."""
+    self.check_input(x)
+    x, batch = self._merge_time(x)
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    stages = {}
+    for name in STAGES:
+      layer = getattr(self, name)
+      if isinstance(layer, nnx.List):
+        for blk in layer:
+          x = blk(x)
+      else:
+        x = layer(x)
+      if return_stages:
+        stages[name] = x
+    return (x, stages) if return_stages else x
+
+  def head_logits(self, x):
+    """GAP over H, W -> SN (norm 1, integers) -> Linear; mean over T (spec §2.1 Head)."""
+    T = self.spike.time_steps
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
+    logits = self.head(self.head_spike(pooled))
+    return jnp.mean(logits.reshape((T, -1) + logits.shape[1:]).astype(jnp.float32), axis=0)
+
+  def __call__(self, x):
+    return self.head_logits(self.forward_features(x))
+
+  def stage_features(self, x) -> dict[str, Array]:
+    """Per-stage feature maps (NHWC, time-merged) keyed by ``STAGES`` names."""
+    _, stages = self.forward_features(x, return_stages=True)
+    return stages

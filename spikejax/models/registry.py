@@ -1,0 +1,101 @@
+"""One table of model variants per family, and ``create_model`` (spec §3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable
+
+from flax import nnx
+
+from spikejax.models.espikeformer import ESpikeFormer, ESpikeFormerConfig
+from spikejax.models.layers import SpikeConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  name: str
+  family: str
+  build: Callable[..., nnx.Module]
+  config: dict[str, Any]
+  official: str | None = None
+  aliases: tuple[str, ...] = ()
+  paper_size: str | None = None
+  spike: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_SPIKE_FIELDS = {f.name for f in dataclasses.fields(SpikeConfig)}
+
+
+def _build_espikeformer(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
+                        param_dtype=None, **overrides):
+  cfg_fields = {f.name for f in dataclasses.fields(ESpikeFormerConfig)}
+  cfg = dict(config, num_classes=num_classes)
+  spk = dict(spike)
+  for k, v in overrides.items():
+    if k in cfg_fields:
+      cfg[k] = tuple(v) if isinstance(v, list) else v
+    elif k in _SPIKE_FIELDS:
+      spk[k] = v
+    else:
+      raise TypeError(f"unknown option {k!r} for an E-SpikeFormer; model options are "
+                      f"{sorted(cfg_fields - {'num_classes'})}, neuron options are "
+                      f"{sorted(_SPIKE_FIELDS)}.")
+  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
+  return ESpikeFormer(ESpikeFormerConfig(**cfg), SpikeConfig(**spk), dtype=dtype, rngs=rngs,
+                      **kw)
+
+
+_BASE = dict(conv_depths=(1, 1, 2), block_depths=(6, 2), num_heads=8, mlp_ratio=4, v_ratio=4)
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register(v: Variant) -> Variant:
+  for key in (v.name,) + v.aliases + ((v.official,) if v.official else ()):
+    if key in VARIANTS:
+      raise ValueError(f"model name {key!r} registered twice")
+    VARIANTS[key] = v
+  return v
+
+
+# E-SpikeFormer base family (spec §3): official BASE models, T = 1, D = 4, half-to-even.
+for _n, _dims, _official, _aliases, _paper in [
+    ("espikeformer_t", (24, 48, 96, 128), "Efficient_Spiking_Transformer_t", (), None),
+    ("espikeformer_s", (32, 64, 128, 192), "Efficient_Spiking_Transformer_s",
+     ("espikeformer_5m",), "5.1M"),
+    ("espikeformer_m", (48, 96, 192, 240), "Efficient_Spiking_Transformer_m",
+     ("espikeformer_10m",), "10.0M"),
+    ("espikeformer_l", (64, 128, 256, 360), "Efficient_Spiking_Transformer_l",
+     ("espikeformer_19m",), "19.0M"),
+]:
+  register(Variant(_n, "espikeformer", _build_espikeformer, dict(_BASE, embed_dims=_dims),
+                   _official, _aliases, _paper))
+
+
+def get_variant(name: str) -> Variant:
+  if name not in VARIANTS:
+    close = difflib.get_close_matches(name, VARIANTS, n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(f"unknown model {name!r}.{hint} Available: {list_models()}.")
+  return VARIANTS[name]
+
+
+def list_models(include_aliases: bool = False) -> list[str]:
+  """Canonical model names (and with ``include_aliases`` every accepted spelling)."""
+  if include_aliases:
+    return sorted(VARIANTS)
+  return sorted({v.name for v in VARIANTS.values()})
+
+
+def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None,
+                 **overrides) -> nnx.Module:
+  """Builds a registered model as an NNX module.
+
+  ``overrides`` are model options (``in_channels``, ``strides``, ``embed_dims``, ...),
+  neuron options (``spike_max``, ``rounding``, ``window``, ``time_steps``, ``firing``,
+  ``temporal``, ...) or ``dtype`` / ``param_dtype``.
+  """
+  v = get_variant(name)
+  rngs = rngs if rngs is not None else nnx.Rngs(0)
+  return v.build(v.config, v.spike, num_classes=num_classes, rngs=rngs, **overrides)

@@ -1,0 +1,1 @@
+"""Training: state, optimizers, trainers, checkpoints, mesh and sharding rules, metrics."""
