@@ -179,8 +179,8 @@ def read_checkpoint_file(path: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"checkpoint file {path!r} does not exist.")
   if path.endswith(".npz"):
     with np.load(path, allow_pickle=False) as z:
-      return clean_state_dict({k: z[k] for k in z.files
-                               if k.startswith("state_dict/") or "/" not in k})
+      keys = [k for k in z.files if k.startswith("state_dict/")] or list(z.files)
+      return clean_state_dict({k: z[k] for k in keys})
   if path.endswith((".pth", ".pt", ".bin")):
     try:
       import torch

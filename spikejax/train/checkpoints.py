@@ -80,3 +80,89 @@ def load_model(directory: str, **overrides):
   model = create_model(meta["model"], rngs=nnx.Rngs(0), **kwargs)
   restore_into(directory, model)
   return model
+
+
+# --------------------------------------------------------------------------- training checkpoints
+
+
+def _flat(obj) -> dict[str, Any]:
+  """An NNX object's variables as ``{"a/b/0/kernel": array}`` (string keys, orbax friendly)."""
+  return {"/".join(str(p) for p in path): var.get_value()
+          for path, var in nnx.to_flat_state(nnx.state(obj))}
+
+
+def _assign(obj, values: dict[str, Any]) -> None:
+  state = nnx.state(obj)
+  flat = nnx.to_flat_state(state)
+  for path, var in flat:
+    var.set_value(values["/".join(str(p) for p in path)])
+  nnx.update(obj, nnx.from_flat_state(flat))
+
+
+class TrainCheckpointer:
+  """orbax ``CheckpointManager`` over model, optimizer and EMA state, keeping the last ``keep``.
+
+  Saving is asynchronous; ``restore_latest`` restores onto the shardings the live model and
+  optimizer already have (so a checkpoint restores onto any mesh) and falls back to the
+  previous checkpoint when the latest is corrupt or incomplete, saying so.
+  """
+
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=opts,
+                                         item_names=("state", "meta"))
+
+  def _tree(self, model, optimizer, ema):
+    tree = {"model": _flat(model), "optimizer": _flat(optimizer)}
+    if ema is not None:
+      tree["ema"] = dict(ema.params)
+    return tree
+
+  def save(self, step: int, model, optimizer, ema=None, *, best=None, force=False) -> None:
+    if step in self.manager.all_steps():
+      return
+    meta = {"step": int(step), "best": best}
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(self._tree(model, optimizer, ema)),
+        meta=ocp.args.JsonSave(meta)), force=force)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def latest_path(self) -> str | None:
+    step = self.manager.latest_step()
+    return None if step is None else os.path.join(self.directory, str(step))
+
+  def read_best(self):
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      return meta["meta"].get("best")
+    except Exception:  # a corrupt latest checkpoint is reported by restore_latest
+      return None
+
+  def restore_latest(self, model, optimizer, ema=None) -> int:
+    """Restores the newest readable checkpoint in place; returns its step (0 if none)."""
+    import logging
+    log = logging.getLogger("spikejax")
+    target = self._tree(model, optimizer, ema)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+      except Exception as e:  # corrupt or incomplete: say so, use the previous one
+        log.warning("checkpoint %s/%d could not be restored (%s: %s); trying the previous one",
+                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      _assign(model, restored["model"])
+      _assign(optimizer, restored["optimizer"])
+      if ema is not None and "ema" in restored:
+        ema.params = dict(restored["ema"])
+      log.info("resumed from %s/%d", self.directory, step)
+      return int(step)
+    return 0

@@ -1,0 +1,1 @@
+"""Analysis: firing statistics, energy, spike-driven inference."""

@@ -1,0 +1,149 @@
+"""Benchmark of the jitted inference or training step (images/s and peak memory).
+
+    python -m spikejax.bench --model espikeformer_s --resolution 224 --batch 8 [--train] --json
+
+The training step is the one the official reference times (``official_ref.py bench``):
+cross-entropy, backward, AdamW (lr 1e-3) update, BN in train mode. The timing is the median
+over ``--steps`` calls after compilation (each call waits for its result). Peak memory is the
+device allocator's peak where the backend reports it (GPU/TPU), else XLA's compiled-memory
+estimate (arguments + outputs + temporaries) and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+
+def _parse(argv):
+  p = argparse.ArgumentParser(prog="python -m spikejax.bench", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="espikeformer_s")
+  p.add_argument("--resolution", type=int, default=224)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--num-classes", type=int, default=1000)
+  p.add_argument("--in-channels", type=int, default=3)
+  p.add_argument("--train", action="store_true", help="time a training step (default: inference)")
+  p.add_argument("--steps", type=int, default=10, help="timed calls after compilation")
+  p.add_argument("--warmup", type=int, default=2, help="untimed calls after compilation")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="compute dtype (parameters stay float32)")
+  p.add_argument("--strides", default=None, help="comma-separated strides, e.g. 1,2,2,2,1")
+  p.add_argument("--mode", default="sfa", choices=["sfa", "vanilla"],
+                 help="sfa: integer firing; vanilla: binary LIF spikes over T timesteps")
+  p.add_argument("--time-steps", type=int, default=None, help="T (default: 1 for sfa, 4 vanilla)")
+  p.add_argument("--spike-max", type=int, default=4, help="D for SFA")
+  p.add_argument("--json", action="store_true", help="print one JSON object")
+  return p.parse_args(argv)
+
+
+def model_overrides(mode: str, time_steps: int | None, spike_max: int) -> dict:
+  """Neuron options of the two training modes compared in paper Fig. 7 / Table V."""
+  if mode == "sfa":
+    return dict(firing="sfa", spike_max=spike_max, time_steps=time_steps or 1,
+                temporal="independent")
+  return dict(firing="binary", temporal="lif_hard", time_steps=time_steps or 4, tau=2.0,
+              detach_reset=True)
+
+
+def run(args) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax import nnx
+
+  from spikejax.models import count_params, create_model
+
+  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  overrides = model_overrides(args.mode, args.time_steps, args.spike_max)
+  if args.strides:
+    overrides["strides"] = tuple(int(s) for s in args.strides.split(","))
+  model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
+                       dtype=dtype, rngs=nnx.Rngs(0), **overrides)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(args.batch, args.resolution, args.resolution,
+                                   args.in_channels)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, args.num_classes, args.batch), jnp.int32)
+  model.check_input(x)
+
+  if args.train:
+    model.train()
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+
+    @nnx.jit(donate_argnums=(0, 1))
+    def step(model, optimizer, x, y):
+      def loss_fn(m):
+        logits = m(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      loss, grads = nnx.value_and_grad(loss_fn)(model)
+      optimizer.update(model, grads)
+      return loss
+
+    call = lambda: step(model, optimizer, x, y)
+    lowered_args = (model, optimizer, x, y)
+  else:
+    model.eval()
+
+    @nnx.jit
+    def step(model, x):
+      return model(x)
+
+    call = lambda: step(model, x)
+    lowered_args = (model, x)
+
+  t0 = time.perf_counter()
+  jax.block_until_ready(call())
+  compile_s = time.perf_counter() - t0
+  for _ in range(args.warmup):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+
+  device = jax.devices()[0]
+  mem = {}
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "peak_bytes_in_use" in stats:
+    mem["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  try:
+    ma = step.lower(*lowered_args).compile().memory_analysis()
+    if ma is not None:
+      mem["xla_estimate_bytes"] = int(ma.argument_size_in_bytes + ma.output_size_in_bytes +
+                                      ma.temp_size_in_bytes - ma.alias_size_in_bytes)
+      mem["xla_temp_bytes"] = int(ma.temp_size_in_bytes)
+  except Exception:  # memory analysis is best effort on some backends
+    pass
+  mem["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return {
+      "model": args.model, "params": count_params(model), "resolution": args.resolution,
+      "batch": args.batch, "train": bool(args.train), "mode": args.mode,
+      "time_steps": overrides["time_steps"], "spike_max": args.spike_max if args.mode == "sfa"
+      else None, "dtype": args.dtype, "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)), "devices": jax.device_count(),
+      "compile_s": round(compile_s, 3), "step_median_s": round(med, 5),
+      "step_min_s": round(min(times), 5), "steps": args.steps,
+      "images_per_s": round(args.batch / med, 2), **mem,
+  }
+
+
+def main(argv=None) -> int:
+  args = _parse(argv)
+  result = run(args)
+  if args.json:
+    print(json.dumps(result))
+  else:
+    for k, v in result.items():
+      print(f"{k:>24}: {v}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
