@@ -1,0 +1,65 @@
+"""Input pipelines: tfds datasets -> per-process sharded, deterministic numpy batches.
+
+Public API::
+
+  ds = spikejax.data.get_dataset(
+      name,                     # 'fashion_mnist' | 'cifar10' | 'imagenet2012'
+      split='train',            # any tfds split string ('test', 'validation', 'train[:90%]')
+      batch_size=256,           # GLOBAL batch; each process yields batch_size // process_count
+      data_dir=None,            # tfds data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+      train=True,               # shuffle per epoch + augment + drop remainder | ordered, padded
+      seed=0,
+      image_size=None,          # 28 / 32 / 224 by default; fashion_mnist 32 = zero-pad 28 -> 32
+      augment='default',        # 'default' | 'none' | None | AugmentConfig | mapping of its fields
+      process_index=None, process_count=None,   # default jax.process_index()/process_count()
+      channels=None,            # 3: replicate Fashion-MNIST's grey channel
+      crop_pct=224/232, interpolation='bicubic', num_epochs=None, download=True,
+      num_workers=None, prefetch=2)
+  for batch in ds:   # train: endless (or num_epochs) epochs; eval: one pass
+    batch['image']   # float32 [B, S, S, C], normalized (dataset mean/std)
+    batch['label']   # int32 [B]
+    batch['target']  # train only: float32 [B, num_classes] soft targets (smoothing, mixup/cutmix)
+    batch['mask']    # eval only: float32 [B], 0 for the padding of the last batch
+  ds.num_examples, ds.num_local_examples, ds.steps_per_epoch, ds.num_classes, ds.image_shape
+  ds.get_batch(epoch, step)          # pure function of (seed, process, epoch, step)
+  ds.iterate(start_step), ds.iter_epoch(epoch)
+
+  spikejax.data.prepare_fashion_mnist(data_dir=None, *, source_dir=None,
+                                      file_format='array_record', verify=True) -> str
+      # builds tfds' own fashion_mnist 3.0.1 from Debian's local files
+      # (`apt-get install -y dataset-fashion-mnist`), no network; needs tensorflow(-cpu).
+
+  spikejax.data.load_split_arrays(name, split, data_dir=None, *, download=True, start=0, end=None)
+      -> (uint8 images [N, H, W, C], int32 labels [N])   # small datasets, cached in memory
+
+Every process reads only its own contiguous shard ``[p*n//P, (p+1)*n//P)`` of the split (the
+``tfds.split_for_jax_process`` scheme); training epochs have ``(n // P) // (B // P)`` steps on
+every process, eval passes ``ceil(ceil(n / P) / (B // P))``.
+
+Augmentations (``spikejax.data.augment``, pure numpy/PIL functions of a ``np.random.Generator``):
+``random_crop_with_padding``, ``random_flip``, ``random_resized_crop``, ``rand_augment``
+(timm ``rand-m9-mstd0.5-inc1``), ``random_erasing`` (timm, 'pixel'), ``mixup_cutmix`` (timm
+batch mode), ``smooth_labels``. Deterministic transforms: ``spikejax.data.transforms``.
+
+Reading uses tfds' random-access ``data_source`` (array_record) and needs no TensorFlow;
+building Fashion-MNIST does. Normalization constants: ``transforms.IMAGENET_MEAN/STD``,
+``transforms.CIFAR10_MEAN/STD``, ``fashion_mnist.MEAN/STD`` (0.2860406, 0.3530242; computed on
+the 60000 training images).
+"""
+
+from spikejax.data import augment, transforms
+from spikejax.data.fashion_mnist import prepare_fashion_mnist
+from spikejax.data.pipeline import (SPECS, AugmentConfig, Dataset, DatasetSpec, get_dataset,
+                                    load_split_arrays)
+
+__all__ = [
+    "AugmentConfig",
+    "Dataset",
+    "DatasetSpec",
+    "SPECS",
+    "augment",
+    "get_dataset",
+    "load_split_arrays",
+    "prepare_fashion_mnist",
+    "transforms",
+]
