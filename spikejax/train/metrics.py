@@ -1,0 +1,78 @@
+"""Metrics as JSONL and TensorBoard in the workdir, and a progress bar (step, loss, img/s, ETA)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+
+class MetricWriter:
+  """Appends ``{"step": s, ...}`` rows to ``metrics.jsonl``; also TensorBoard when available."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._f = open(self.path, "a")
+    try:
+      from clu import metric_writers
+      self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except Exception:  # TensorBoard needs TensorFlow; JSONL is always written
+      self._tb = None
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), "time": time.time()}
+    row.update({k: float(v) for k, v in scalars.items()})
+    self._f.write(json.dumps(row) + "\n")
+    self._f.flush()
+    if self._tb is not None:
+      self._tb.write_scalars(int(step), {k: np.asarray(v) for k, v in scalars.items()})
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    self._f.close()
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """tqdm bar showing step, loss, images/s and ETA (no-op when disabled)."""
+
+  def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+    self._bar = None
+    if enabled:
+      from tqdm.auto import tqdm
+      self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    self._last = initial
+
+  def update(self, step: int, vals: dict[str, float]) -> None:
+    if self._bar is None:
+      return
+    self._bar.update(step - self._last)
+    self._last = step
+    self._bar.set_postfix(loss=f"{vals.get('loss', float('nan')):.4f}",
+                          img_s=f"{vals.get('images_per_s', 0):.0f}")
+
+  def write(self, msg: str) -> None:
+    if self._bar is not None:
+      self._bar.write(msg)
+    else:
+      print(msg, flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()

@@ -1,0 +1,312 @@
+"""The training loop: config -> data, model, optimizer, jitted steps, checkpoints, metrics.
+
+A short, readable loop in the style of big_vision's ``train.py``: validate the config before
+anything compiles, auto-resume from the workdir, evaluate each epoch, checkpoint every N steps
+and on SIGTERM/SIGINT, stop on a NaN loss naming the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from spikejax.train import checkpoints as ckpt_lib
+from spikejax.train import metrics as metrics_lib
+from spikejax.train import optim
+from spikejax.train import sharding as sharding_lib
+
+log = logging.getLogger("spikejax")
+
+MODES = {
+    # SFA: integer firing inside each real timestep (paper §4).
+    "sfa": dict(firing="sfa", temporal="independent"),
+    # Vanilla direct training: binary spikes, LIF (tau 2, hard reset), image repeated over T.
+    "vanilla": dict(firing="binary", temporal="lif_hard", tau=2.0, detach_reset=True),
+}
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; raised before anything is compiled."""
+
+
+def model_kwargs(config) -> dict[str, Any]:
+  """``create_model`` keyword arguments from ``config.model``, ``config.mode`` and ``config.spike``."""
+  kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.model.to_dict().items()}
+  if config.mode not in MODES:
+    raise ConfigError(f"config.mode must be one of {sorted(MODES)}, got {config.mode!r}.")
+  kw.update(MODES[config.mode])
+  kw.update(config.spike.to_dict())
+  if config.channels is not None:
+    kw["in_channels"] = config.channels
+  return kw
+
+
+def validate(config, num_devices: int) -> None:
+  """Checks everything that can be checked before building data or compiling."""
+  from spikejax.models import get_variant
+  from spikejax.models.layers import SpikeConfig
+  try:
+    get_variant(config.model_name)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  kw = model_kwargs(config)
+  spike_fields = {f for f in SpikeConfig.__dataclass_fields__}
+  try:
+    SpikeConfig(**{k: v for k, v in kw.items() if k in spike_fields})
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"bad neuron config: {e}") from None
+  if config.batch_size % num_devices:
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {num_devices} "
+                      f"devices; use a multiple of {num_devices}.")
+  if config.eval_batch_size % num_devices:
+    raise ConfigError(f"eval_batch_size={config.eval_batch_size} is not divisible by the "
+                      f"{num_devices} devices.")
+  if config.batch_size % jax.process_count():
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the "
+                      f"{jax.process_count()} processes.")
+  try:
+    sharding_lib.mesh_shape(config.mesh, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.optimizer.name not in ("adamw", "lamb"):
+    raise ConfigError(f"optimizer.name must be 'adamw' or 'lamb', got {config.optimizer.name!r}.")
+  if not config.num_epochs > 0:
+    raise ConfigError(f"num_epochs must be > 0, got {config.num_epochs}.")
+  if config.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}.")
+
+
+def build_optimizer(config, model, total_steps: int, steps_per_epoch: int):
+  oc = config.optimizer
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  schedule = optim.warmup_cosine_schedule(oc.lr, total_steps=total_steps, warmup_steps=warmup,
+                                          min_lr=config.min_lr)
+  params = nnx.state(model, nnx.Param)
+  lr_scale = None
+  if oc.layer_decay != 1.0:
+    layer_id = lambda p: optim.espikeformer_layer_id(
+        p, block_depths=tuple(model.config.block_depths))
+    lr_scale = optim.layer_decay_scales(
+        params, optim.espikeformer_num_layers(tuple(model.config.block_depths)),
+        oc.layer_decay, layer_id)
+  if oc.name == "adamw":
+    tx = optim.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay,
+                     max_grad_norm=oc.grad_clip_norm or None, lr_scale=lr_scale)
+  else:
+    tx = optim.lamb_timm(schedule, weight_decay=oc.weight_decay,
+                         weight_decay_mask=optim.weight_decay_mask, lr_scale=lr_scale,
+                         max_grad_norm=oc.grad_clip_norm or 1.0)
+  return nnx.Optimizer(model, tx, wrt=nnx.Param), schedule
+
+
+def _soft_ce(logits, targets):
+  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def make_steps():
+  """The jitted train and eval steps (built once per process, so compilations are reused)."""
+  @nnx.jit(donate_argnums=(0, 1))
+  def train_step(model, optimizer, batch):
+    def loss_fn(m):
+      logits = m(batch["image"])
+      loss = jnp.mean(_soft_ce(logits, batch["target"]))
+      return loss, logits
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    gnorm = optax.tree.norm(grads)
+    return {"loss": loss, "accuracy": acc, "grad_norm": gnorm}
+
+  @nnx.jit
+  def eval_step(model, batch):
+    logits = model(batch["image"])
+    mask = batch["mask"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]) * mask
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), batch["label"]) * mask
+    return {"correct": jnp.sum(correct), "loss_sum": jnp.sum(loss), "count": jnp.sum(mask)}
+
+  return train_step, eval_step
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag checked at step boundaries (save, then exit cleanly)."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+class NaNLossError(RuntimeError):
+  pass
+
+
+def evaluate(model, eval_step, ds, mesh, max_steps=None) -> dict[str, float]:
+  model.eval()
+  totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
+  for i, batch in enumerate(ds):
+    if max_steps is not None and i >= max_steps:
+      break
+    out = eval_step(model, sharding_lib.shard_batch(batch, mesh))
+    for k in totals:
+      totals[k] += float(out[k])
+  model.train()
+  n = max(totals["count"], 1.0)
+  return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n,
+          "examples": int(totals["count"])}
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) the job described by ``config`` in ``workdir``; returns a summary."""
+  from spikejax import data as data_lib
+  from spikejax.models import count_params, create_model
+
+  t_start = time.time()
+  num_devices = jax.device_count()
+  validate(config, num_devices)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  mesh = sharding_lib.make_mesh(config.mesh, num_devices)
+  train_ds = data_lib.get_dataset(config.dataset, split=config.train_split,
+                                  batch_size=config.batch_size, data_dir=config.data_dir,
+                                  train=True, seed=config.seed, image_size=config.image_size,
+                                  augment=config.augment, channels=config.channels)
+  eval_ds = data_lib.get_dataset(config.dataset, split=config.eval_split,
+                                 batch_size=config.eval_batch_size, data_dir=config.data_dir,
+                                 train=False, seed=config.seed, image_size=config.image_size,
+                                 channels=config.channels)
+  steps_per_epoch = train_ds.steps_per_epoch
+  total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+  if config.get("max_train_steps"):
+    total_steps = min(total_steps, config.max_train_steps)
+
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+  kw = model_kwargs(config)
+  with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+    model = create_model(config.model_name, num_classes=train_ds.num_classes,
+                         rngs=nnx.Rngs(config.seed), dtype=dtype, **kw)
+    model.check_input(np.zeros((1,) + tuple(train_ds.image_shape), np.float32))
+    optimizer, schedule = build_optimizer(config, model, total_steps, steps_per_epoch)
+    sharding_lib.shard_model_and_optimizer(model, optimizer, mesh)
+  model.train()
+  ema = optim.EMA(model, config.ema_decay) if config.ema_decay else None
+
+  manager = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=config.keep_checkpoints)
+  start_step = manager.restore_latest(model, optimizer, ema)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  if is_main:
+    log.info("model %s: %d parameters; %d steps (%d per epoch); devices %d; resume at %d",
+             config.model_name, count_params(model), total_steps, steps_per_epoch, num_devices,
+             start_step)
+  train_step, eval_step = make_steps()
+  best = manager.read_best()
+  summary: dict[str, Any] = {}
+  step = start_step
+  last_saved = start_step if start_step else None
+  bar = metrics_lib.Progress(total_steps, initial=start_step,
+                             enabled=is_main and config.progress_bar)
+  history: list[dict[str, float]] = []
+  stopped_by = None
+  time_limit = config.get("time_limit_minutes")
+  t_seen, imgs_seen, t_last = time.time(), 0, time.time()
+  with _StopSignal() as stop:
+    it = train_ds.iterate(start_step)
+    while step < total_steps:
+      batch = next(it)
+      out = train_step(model, optimizer, sharding_lib.shard_batch(batch, mesh))
+      step += 1
+      imgs_seen += config.batch_size
+      if ema is not None:
+        ema.update(model)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        vals = {k: float(v) for k, v in out.items()}
+        if not math.isfinite(vals["loss"]):
+          raise NaNLossError(
+              f"loss is {vals['loss']} at step {step}; the last good checkpoint is "
+              f"{manager.latest_path() or 'none (no checkpoint was written yet)'}. Lower the "
+              f"learning rate or check the data, then rerun to resume from it.")
+        now = time.time()
+        vals["images_per_s"] = imgs_seen / max(now - t_seen, 1e-9)
+        vals["lr"] = float(schedule(step))
+        t_seen, imgs_seen = now, 0
+        writer.write(step, {"train/" + k: v for k, v in vals.items()})
+        bar.update(step, vals)
+      end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+      over_time = time_limit and (time.time() - t_start) > 60 * time_limit
+      if over_time:
+        stopped_by = f"time limit {time_limit} min"
+        end_of_epoch = True
+      if config.get("stop_after_steps") and step >= config.stop_after_steps:
+        stopped_by = f"stop_after_steps={config.stop_after_steps}"  # schedule unchanged
+      if end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0 \
+          or end_of_epoch and (step == total_steps or stopped_by):
+        res = evaluate(model, eval_step, eval_ds, mesh, config.get("max_eval_steps"))
+        epoch = step / steps_per_epoch
+        row = {"epoch": round(epoch, 3), "step": step,
+               "time_min": round((time.time() - t_start) / 60, 2),
+               "test_accuracy": res["accuracy"], "test_loss": res["loss"]}
+        history.append(row)
+        writer.write(step, {"eval/accuracy": res["accuracy"], "eval/loss": res["loss"],
+                            "eval/epoch": epoch, "eval/time_min": row["time_min"]})
+        bar.write(f"epoch {epoch:.2f} step {step}: test accuracy {res['accuracy']:.4f} "
+                  f"loss {res['loss']:.4f} ({row['time_min']:.1f} min)")
+        if best is None or res["accuracy"] > best["accuracy"]:
+          best = {"accuracy": res["accuracy"], "step": step, "epoch": epoch}
+      if step % config.checkpoint_every_steps == 0 or step == total_steps or stopped_by \
+          or stop.received:
+        manager.save(step, model, optimizer, ema, best=best)
+        last_saved = step
+      if stop.received:
+        stopped_by = signal.Signals(stop.received).name
+        break
+      if stopped_by:
+        break
+    manager.wait()
+  bar.close()
+  writer.close()
+  elapsed = time.time() - t_start
+  summary = {"workdir": workdir, "step": step, "total_steps": total_steps,
+             "best_accuracy": best["accuracy"] if best else None,
+             "best_step": best["step"] if best else None,
+             "checkpoint": manager.latest_path(), "minutes": round(elapsed / 60, 2),
+             "stopped_by": stopped_by, "history": history}
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
