@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.layer_decay = 1.0
   c.warmup_epochs = 0.5
   c.min_lr = 1e-5
-  c.num_epochs = 6
+  c.num_epochs = 6.0
   c.time_limit_minutes = 28.0   # stop training (then evaluate and save) past this wall time
   c.ema_decay = 0.0
 
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.eval_batch_size = 32
     c.model.embed_dims = (8, 16, 16, 16)
-    c.num_epochs = 1
+    c.num_epochs = 1.0
     c.max_train_steps = 3
     c.max_eval_steps = 2
     c.warmup_epochs = 0.0

@@ -93,3 +93,30 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
 def test_nan_loss_stops_naming_step_and_checkpoint(tmp_path):
   with pytest.raises(trainer.NaNLossError, match=r"at step \d+; the last good checkpoint is"):
     trainer.train_and_evaluate(tiny_config(**{"optimizer.lr": float("nan")}), str(tmp_path))
+
+
+def test_sweep_lists_runs_and_applies_overrides():
+  from launch import sweep
+  mod, arg = sweep.load_config_module("configs/fashion_mnist.py:runlocal")
+  runs = sweep.collect(mod)
+  assert {"spike.spike_max": 8} in runs and any(r.get("mode") == "vanilla" for r in runs)
+  config = mod.get_config(arg)
+  sweep.apply_overrides(config, {"spike.spike_max": 8, "mode": "vanilla"})
+  assert config.spike.spike_max == 8 and config.mode == "vanilla"
+  with pytest.raises(SystemExit, match="not a field"):
+    sweep.apply_overrides(config, {"spike.nope": 1})
+  assert sweep.main(["--config=configs/fashion_mnist.py", "--workdir=/tmp/x", "--dry_run"]) == 0
+
+
+@pytest.mark.parametrize("arg", ["s,runlocal", "l,d8,runlocal"])
+def test_imagenet_recipe_runlocal_on_mock_data(arg, tmp_path):
+  import tensorflow_datasets as tfds
+  from configs import imagenet_espikeformer
+  c = imagenet_espikeformer.get_config(arg)
+  full = imagenet_espikeformer.get_config(arg.replace(",runlocal", ""))
+  assert full.optimizer.name == "lamb" and full.batch_size == 2048
+  assert abs(full.optimizer.lr - 4.8e-3) < 1e-12
+  assert full.spike.spike_max == (8 if "d8" in arg else 4)
+  with tfds.testing.mock_data(num_examples=48):
+    s = trainer.train_and_evaluate(c, str(tmp_path))
+  assert s["step"] == 2 and s["checkpoint"].endswith("/2")

@@ -186,6 +186,10 @@ def evaluate(model, eval_step, ds, mesh, max_steps=None) -> dict[str, float]:
           "examples": int(totals["count"])}
 
 
+def _plain(value):
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the job described by ``config`` in ``workdir``; returns a summary."""
   from spikejax import data as data_lib
@@ -205,7 +209,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_ds = data_lib.get_dataset(config.dataset, split=config.train_split,
                                   batch_size=config.batch_size, data_dir=config.data_dir,
                                   train=True, seed=config.seed, image_size=config.image_size,
-                                  augment=config.augment, channels=config.channels)
+                                  augment=_plain(config.augment), channels=config.channels)
   eval_ds = data_lib.get_dataset(config.dataset, split=config.eval_split,
                                  batch_size=config.eval_batch_size, data_dir=config.data_dir,
                                  train=False, seed=config.seed, image_size=config.image_size,

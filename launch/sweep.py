@@ -1,0 +1,102 @@
+"""Runs a config's ``sweep(add)`` one run after another, each in its own workdir.
+
+    python -m launch.sweep --config=configs/fashion_mnist.py[:ARG] --workdir=workdirs/sweep \
+        [--dry_run] [--set key=value ...]
+
+Each ``add(**overrides)`` call of the config's ``sweep`` becomes one run in
+``WORKDIR/<index>_<overrides>``; runs already finished (``summary.json`` present) are reused, so
+an interrupted sweep resumes. Prints a table of the results at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import sys
+
+
+def load_config_module(spec: str):
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise SystemExit(f"config file {path!r} does not exist")
+  mod_spec = importlib.util.spec_from_file_location("sweep_config", path)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  if not hasattr(mod, "sweep"):
+    raise SystemExit(f"{path} defines no sweep(add) function")
+  return mod, arg or None
+
+
+def collect(mod) -> list[dict]:
+  runs: list[dict] = []
+  mod.sweep(lambda **kw: runs.append(dict(kw)))
+  return runs
+
+
+def apply_overrides(config, overrides: dict) -> None:
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise SystemExit(f"sweep override {key!r} is not a field of the config")
+    node[leaf] = value
+
+
+def run_name(i: int, overrides: dict) -> str:
+  text = ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
+  return f"{i:02d}_" + re.sub(r"[^A-Za-z0-9_.=,-]", "_", text)[:80]
+
+
+def _parse_value(text: str):
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError:
+    return text
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m launch.sweep")
+  p.add_argument("--config", required=True)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--dry_run", action="store_true", help="print the runs, do not train")
+  p.add_argument("--set", action="append", default=[], help="key=value for every run")
+  args = p.parse_args(argv)
+
+  mod, arg = load_config_module(args.config)
+  runs = collect(mod)
+  common = dict(kv.split("=", 1) for kv in args.set)
+  rows = []
+  for i, over in enumerate(runs):
+    name = run_name(i, over)
+    workdir = os.path.join(args.workdir, name)
+    print(f"[{i + 1}/{len(runs)}] {name} -> {workdir}", flush=True)
+    if args.dry_run:
+      continue
+    summary_path = os.path.join(workdir, "summary.json")
+    if os.path.exists(summary_path):
+      with open(summary_path) as f:
+        summary = json.load(f)
+    else:
+      from spikejax.train import trainer
+      config = mod.get_config(arg)
+      apply_overrides(config, {k: _parse_value(v) for k, v in common.items()})
+      apply_overrides(config, over)
+      summary = trainer.train_and_evaluate(config, workdir)
+    rows.append((name, summary.get("best_accuracy"), summary.get("step"),
+                 summary.get("minutes")))
+  if rows:
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'run':<{width}}  best_acc  steps  minutes")
+    for name, acc, steps, minutes in rows:
+      acc_s = "-" if acc is None else f"{acc:.4f}"
+      print(f"{name:<{width}}  {acc_s:>8}  {steps:>5}  {minutes:>7}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

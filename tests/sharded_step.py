@@ -1,0 +1,85 @@
+"""A few sharded training steps on a fixed global batch (shared by the sharding tests and the
+two-process test). Run as a script it is one process of a ``jax.distributed`` job:
+
+    python tests/sharded_step.py COORD NUM_PROCS PROC_ID OUT.npz
+"""
+
+import os
+import sys
+
+import numpy as np
+
+
+def fixed_batch(batch=16, size=16, classes=10):
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+  label = rng.integers(0, classes, batch).astype(np.int32)
+  target = np.eye(classes, dtype=np.float32)[label]
+  return {"image": image, "label": label, "target": target}
+
+
+def run(mesh_data: int, mesh_fsdp: int, steps: int = 3):
+  """Returns (losses, params after ``steps`` AdamW steps, gradients of the first step)."""
+  import jax
+  import ml_collections
+  from flax import nnx
+  from spikejax.models import create_model
+  from spikejax.train import sharding, trainer
+
+  cfg = ml_collections.ConfigDict({"data": mesh_data, "fsdp": mesh_fsdp})
+  mesh = sharding.make_mesh(cfg)
+  config = ml_collections.ConfigDict(dict(
+      optimizer=dict(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
+                     grad_clip_norm=1.0, layer_decay=1.0),
+      warmup_epochs=0.0, min_lr=1e-5))
+  with jax.set_mesh(mesh):
+    model = create_model("espikeformer_t", num_classes=10, rngs=nnx.Rngs(0),
+                         embed_dims=(8, 16, 16, 16), block_depths=(1, 1),
+                         strides=(1, 2, 2, 2, 1))
+    optimizer, _ = trainer.build_optimizer(config, model, total_steps=10, steps_per_epoch=10)
+    sharding.shard_model_and_optimizer(model, optimizer, mesh)
+  model.train()
+  train_step, _ = trainer.make_steps()
+  full = fixed_batch()
+  n, p = jax.process_count(), jax.process_index()
+  per = full["image"].shape[0] // n
+  local = {k: v[p * per:(p + 1) * per] for k, v in full.items()}
+  import optax
+
+  @nnx.jit
+  def loss_and_grads(model, batch):
+    def loss_fn(m):
+      return optax.softmax_cross_entropy(m(batch["image"]), batch["target"]).mean()
+    return nnx.value_and_grad(loss_fn)(model)
+
+  # Gradients on a copy of the state, so the training steps below start from the same point.
+  snapshot = nnx.state(model)
+  _, grads = loss_and_grads(model, sharding.shard_batch(local, mesh))
+  nnx.update(model, snapshot)
+  gathered = {"/".join(map(str, path)): np.asarray(
+      jax.experimental.multihost_utils.process_allgather(var.get_value(), tiled=True))
+      for path, var in nnx.to_flat_state(grads)}
+  losses = []
+  for _ in range(steps):
+    out = train_step(model, optimizer, sharding.shard_batch(local, mesh))
+    losses.append(float(out["loss"]))
+  params = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+    arr = var.get_value()
+    params["/".join(map(str, path))] = np.asarray(
+        jax.experimental.multihost_utils.process_allgather(arr, tiled=True))
+  return np.asarray(losses), params, gathered
+
+
+if __name__ == "__main__":
+  coord, nproc, pid, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax
+  import jax.experimental.multihost_utils  # noqa: F401
+  jax.distributed.initialize(coord, nproc, pid)
+  losses, params, grads = run(mesh_data=-1, mesh_fsdp=2)
+  if pid == 0:
+    np.savez(out, losses=losses, **{"p/" + k: v for k, v in params.items()},
+             **{"g/" + k: v for k, v in grads.items()})
+  jax.distributed.shutdown()
