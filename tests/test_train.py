@@ -23,6 +23,7 @@ def tiny_config(**over):
   c.log_every_steps = 1
   c.max_train_steps = 4
   c.max_eval_steps = 1
+  c.ema_decay = 0.9
   for k, v in over.items():
     node = c
     *parents, leaf = k.split(".")
@@ -59,6 +60,7 @@ def test_smoke_run_and_exact_resume(tmp_path):
   full = str(tmp_path / "full")
   s = trainer.train_and_evaluate(tiny_config(), full)
   assert s["step"] == 4 and s["best_accuracy"] is not None
+  assert "test_accuracy_ema" in s["history"][-1]
   for name in ("config.json", "metrics.jsonl", "summary.json"):
     assert os.path.exists(os.path.join(full, name))
 
@@ -120,3 +122,42 @@ def test_imagenet_recipe_runlocal_on_mock_data(arg, tmp_path):
   with tfds.testing.mock_data(num_examples=48):
     s = trainer.train_and_evaluate(c, str(tmp_path))
   assert s["step"] == 2 and s["checkpoint"].endswith("/2")
+
+
+@needs_data
+def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
+  wd = str(tmp_path / "wd")
+  trainer.train_and_evaluate(tiny_config(**{"mesh.data": 8, "mesh.fsdp": 1}), wd)
+  # same workdir, a 2 x 4 (data x fsdp) mesh: resumes at step 4 and continues
+  s = trainer.train_and_evaluate(tiny_config(max_train_steps=5,
+                                             **{"mesh.data": 2, "mesh.fsdp": 4}), wd)
+  assert s["step"] == 5
+
+
+@needs_data
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  wd = tmp_path / "wd"
+  cmd = [sys.executable, "-m", "spikejax.main", "--config=configs/fashion_mnist.py:runlocal",
+         f"--workdir={wd}", "--config.max_train_steps=100000", "--config.progress_bar=False",
+         "--config.checkpoint_every_steps=100000", "--config.num_epochs=100.0"]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  metrics = wd / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  assert '"stopped_by": "SIGTERM"' in out
+  steps = [int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit()]
+  assert steps and max(steps) >= 3

@@ -19,6 +19,8 @@ in ``tx.init`` (which ``nnx.Optimizer`` calls with Variables) and in ``tx.update
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Callable, Hashable, Iterable, NamedTuple, Sequence
 
 import jax
@@ -391,10 +393,29 @@ class EMA:
   def __init__(self, model, decay: float):
     from flax import nnx
     self.decay = float(decay)
-    self.params = {"/".join(str(p) for p in path): var.get_value()
+    # copies: the training step donates the model's buffers
+    self.params = {"/".join(str(p) for p in path): jnp.array(var.get_value(), copy=True)
                    for path, var in nnx.to_flat_state(nnx.state(model,
                                                                nnx.Any(nnx.Param, nnx.BatchStat)))}
     self._update = jax.jit(ema_update)
+
+  @contextlib.contextmanager
+  def swapped_into(self, model):
+    """Temporarily loads the EMA variables into ``model`` (e.g. to evaluate them)."""
+    from flax import nnx
+    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    saved = {path: var.get_value() for path, var in nnx.to_flat_state(state)}
+    flat = nnx.to_flat_state(state)
+    for path, var in flat:
+      var.set_value(self.params["/".join(str(p) for p in path)])
+    nnx.update(model, nnx.from_flat_state(flat))
+    try:
+      yield model
+    finally:
+      flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+      for path, var in flat:
+        var.set_value(saved[path])
+      nnx.update(model, nnx.from_flat_state(flat))
 
   def update(self, model) -> None:
     from flax import nnx

@@ -285,9 +285,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         row = {"epoch": round(epoch, 3), "step": step,
                "time_min": round((time.time() - t_start) / 60, 2),
                "test_accuracy": res["accuracy"], "test_loss": res["loss"]}
+        scalars = {"eval/accuracy": res["accuracy"], "eval/loss": res["loss"],
+                   "eval/epoch": epoch, "eval/time_min": row["time_min"]}
+        if ema is not None:  # the EMA weights are evaluated too (spec §6.3)
+          with ema.swapped_into(model):
+            res_ema = evaluate(model, eval_step, eval_ds, mesh, config.get("max_eval_steps"))
+          row["test_accuracy_ema"] = res_ema["accuracy"]
+          scalars["eval/accuracy_ema"] = res_ema["accuracy"]
         history.append(row)
-        writer.write(step, {"eval/accuracy": res["accuracy"], "eval/loss": res["loss"],
-                            "eval/epoch": epoch, "eval/time_min": row["time_min"]})
+        writer.write(step, scalars)
         bar.write(f"epoch {epoch:.2f} step {step}: test accuracy {res['accuracy']:.4f} "
                   f"loss {res['loss']:.4f} ({row['time_min']:.1f} min)")
         if best is None or res["accuracy"] > best["accuracy"]:
