@@ -37,6 +37,9 @@ def _parse(argv):
                  help="sfa: integer firing; vanilla: binary LIF spikes over T timesteps")
   p.add_argument("--time-steps", type=int, default=None, help="T (default: 1 for sfa, 4 vanilla)")
   p.add_argument("--spike-max", type=int, default=4, help="D for SFA")
+  p.add_argument("--compare-modes", action="store_true",
+                 help="time SFA (T=1, D=--spike-max) and vanilla (binary LIF, T=--time-steps or "
+                      "4) on the same model, batch and input; report the ratios (paper Fig. 7)")
   p.add_argument("--json", action="store_true", help="print one JSON object")
   return p.parse_args(argv)
 
@@ -134,9 +137,25 @@ def run(args) -> dict:
   }
 
 
+def compare_modes(args) -> dict:
+  import copy
+  sfa_args = copy.copy(args)
+  sfa_args.mode, sfa_args.time_steps = "sfa", 1
+  van_args = copy.copy(args)
+  van_args.mode, van_args.time_steps = "vanilla", args.time_steps or 4
+  sfa, van = run(sfa_args), run(van_args)
+  out = {"sfa": sfa, "vanilla": van,
+         "speedup_sfa_over_vanilla": round(van["step_median_s"] / sfa["step_median_s"], 3)}
+  key = "device_peak_bytes" if "device_peak_bytes" in sfa else "xla_estimate_bytes"
+  if key in sfa and key in van:
+    out["memory_ratio_vanilla_over_sfa"] = round(van[key] / sfa[key], 3)
+    out["memory_measure"] = key
+  return out
+
+
 def main(argv=None) -> int:
   args = _parse(argv)
-  result = run(args)
+  result = compare_modes(args) if args.compare_modes else run(args)
   if args.json:
     print(json.dumps(result))
   else:
