@@ -95,6 +95,29 @@ class Attention(nnx.Module):
     self.attn_spike = SpikeNeuron(spike)
     self.proj_conv = ConvBN(dim * v_ratio, dim, **kw)
 
+  def _kv_first_is_exact(self, q, k, v) -> bool:
+    """Whether Q (K^T V) equals (Q K^T) V bit for bit, so the cheaper order may be used.
+
+    Spikes are integers 0..D divided by a power-of-two norm, so every product and partial
+    sum of either order is an integer multiple of 1/(norm^3) bounded by N * d_k * D^3; in
+    float32 all of them are exact (order-independent) while that bound stays below 2^24.
+    """
+    spikes = (self.q_spike, self.k_spike, self.v_spike)
+    if any(t.dtype != jnp.float32 for t in (q, k, v)):
+      return False
+    d = 1
+    for sn in spikes:
+      c = sn.config
+      top = c.spike_max if c.firing == "sfa" else 1
+      norm = float(sn.norm)
+      if norm <= 0 or not norm.is_integer() or int(norm) & (int(norm) - 1):
+        return False  # the norm must be a power of two (exact division)
+      d = max(d, top)
+    n, dk, dv = q.shape[2], q.shape[3], v.shape[3]
+    cost_qk_first = n * n * (dk + dv)
+    cost_kv_first = 2 * n * dk * dv
+    return cost_kv_first < cost_qk_first and n * dk * d ** 3 < 2 ** 24
+
   def __call__(self, x):
     n, h, w, _ = x.shape
     z = self.head_spike(x)
@@ -106,8 +129,13 @@ class Attention(nnx.Module):
       return t.reshape(n, h * w, self.num_heads, -1).transpose(0, 2, 1, 3)
 
     q, k, v = heads(q), heads(k), heads(v)
-    attn = jnp.einsum("bhnc,bhmc->bhnm", q, k)          # Q K^T first, as the official code
-    o = jnp.einsum("bhnm,bhmc->bhnc", attn, v) * jnp.asarray(self.scale, v.dtype)
+    if self._kv_first_is_exact(q, k, v):
+      # Q (K^T V): the same numbers as (Q K^T) V (see ``_kv_first_is_exact``), far fewer flops.
+      o = jnp.einsum("bhnc,bhcd->bhnd", q, jnp.einsum("bhmc,bhmd->bhcd", k, v))
+    else:
+      attn = jnp.einsum("bhnc,bhmc->bhnm", q, k)        # Q K^T first, as the official code
+      o = jnp.einsum("bhnm,bhmc->bhnc", attn, v)
+    o = o * jnp.asarray(self.scale, v.dtype)
     o = o.transpose(0, 2, 1, 3).reshape(n, h, w, -1)
     return self.proj_conv(self.attn_spike(o))
 

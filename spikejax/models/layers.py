@@ -7,6 +7,7 @@ index ``t * B + b``); only spiking neurons with temporal dynamics unmerge it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
@@ -51,10 +52,171 @@ def conv2d(in_features: int, out_features: int, kernel_size: int, *, stride: int
     return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
                       param_dtype=param_dtype, kernel_init=torch_kernel_init(),
                       bias_init=torch_bias_init(fan_in), rngs=rngs)
+  extra = {}
+  if groups > 1 and groups == in_features == out_features and stride == 1:
+    extra["conv_general_dilated"] = depthwise_conv_general_dilated
+  elif groups == 1 and kernel_size <= 3:
+    extra["conv_general_dilated"] = dense_conv_general_dilated
   return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
                   padding=((padding, padding), (padding, padding)), feature_group_count=groups,
                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=torch_kernel_init(), bias_init=torch_bias_init(fan_in), rngs=rngs)
+                  kernel_init=torch_kernel_init(), bias_init=torch_bias_init(fan_in), rngs=rngs,
+                  **extra)
+
+
+# --------------------------------------------------------------------------- depthwise conv
+#
+# XLA:CPU lowers a grouped convolution to a dense one with a block-diagonal kernel (C times
+# the work); its filter gradient likewise. A stride-1 depthwise conv is instead written as
+# k*k shifted multiply-adds (one fused elementwise loop), with a custom VJP: the input
+# gradient is the same shift-sum over the padded output gradient with the flipped kernel,
+# and the kernel gradient is k*k reductions done over row chunks small enough to stay in
+# cache (a scan over (batch, row block)).
+
+
+def _shift_sum(xp: Array, w: Array, out_h: int, out_w: int) -> Array:
+  """sum_{i,j} xp[:, i:i+out_h, j:j+out_w, :] * w[i, j, :] (taps accumulated row-major)."""
+  kh, kw = w.shape[:2]
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      t = xp[:, i:i + out_h, j:j + out_w, :] * w[i, j]
+      out = t if out is None else out + t
+  return out
+
+
+def _row_chunk(h: int, row_bytes: int, kh: int, budget: int = 1 << 18) -> int:
+  """The largest divisor r of h whose (r + kh - 1) padded rows fit in ``budget`` bytes."""
+  best = 1
+  for r in range(1, h + 1):
+    if h % r == 0 and (r + kh - 1) * row_bytes <= budget:
+      best = r
+  return best
+
+
+def _depthwise_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
+  """dk[i, j, c] = sum_{b,y,x} xp[b, y+i, x+j, c] * g[b, y, x, c], as (kh, kw, C) float32."""
+  b, h, w, c = g.shape
+  acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+  r = _row_chunk(h, xp.shape[2] * c * xp.dtype.itemsize, kh)
+  n = h // r
+  if n > 1:  # overlapping row windows: (b * n, r + kh - 1, wp, c)
+    rows = jnp.arange(n)[:, None] * r + jnp.arange(r + kh - 1)[None]
+    xw = xp[:, rows].reshape((b * n, r + kh - 1) + xp.shape[2:])
+  else:
+    xw = xp
+  gw = g.reshape(b * n, r, w, c)
+
+  def body(acc, xg):
+    xs, gs = xg
+    taps = [jnp.sum((xs[i:i + r, j:j + w] * gs).astype(acc_dtype), axis=(0, 1))
+            for i in range(kh) for j in range(kw)]
+    return acc + jnp.stack(taps).reshape(kh, kw, c), None
+
+  acc, _ = jax.lax.scan(body, jnp.zeros((kh, kw, c), acc_dtype), (xw, gw))
+  return acc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise(x: Array, kernel: Array, padding: tuple[tuple[int, int], tuple[int, int]]):
+  return _depthwise_fwd(x, kernel, padding)[0]
+
+
+def _depthwise_fwd(x, kernel, padding):
+  (pt, pb), (pl, pr) = padding
+  kh, kw = kernel.shape[:2]
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  out_h, out_w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  return _shift_sum(xp, kernel[:, :, 0, :], out_h, out_w), (xp, kernel)
+
+
+def _depthwise_bwd(padding, res, g):
+  xp, kernel = res
+  (pt, pb), (pl, pr) = padding
+  kh, kw = kernel.shape[:2]
+  h, w = xp.shape[1] - pt - pb, xp.shape[2] - pl - pr
+  # out[y] = sum_i xp[y + i] k[i]  =>  dxp[y'] = sum_i g[y' - i] k[i]; keep rows pt..pt+h.
+  gp = jnp.pad(g, ((0, 0), (kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr), (0, 0)))
+  dx = _shift_sum(gp, kernel[::-1, ::-1, 0, :], h, w)
+  dk = _depthwise_kernel_grad(xp, g, kh, kw).astype(kernel.dtype)[:, :, None, :]
+  return dx.astype(xp.dtype), dk
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def depthwise_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                   rhs_dilation=None, dimension_numbers=None,
+                                   feature_group_count=1, precision=None, **kwargs):
+  """``lax.conv_general_dilated`` with a fast path for stride-1 NHWC depthwise convs."""
+  ones = (None, (1, 1), [1, 1])
+  c = lhs.shape[-1]
+  fast = (lhs.ndim == 4 and rhs.ndim == 4 and rhs.shape[2] == 1 and rhs.shape[3] == c
+          and feature_group_count == c and tuple(window_strides) == (1, 1)
+          and lhs_dilation in ones and rhs_dilation in ones
+          and not isinstance(padding, str) and all(p >= 0 for pp in padding for p in pp)
+          and all(p <= k - 1 for pp, k in zip(padding, rhs.shape[:2]) for p in pp)
+          and dimension_numbers is not None
+          and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+          and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+          and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2)
+          and kwargs.get("preferred_element_type") is None
+          and lhs.dtype == rhs.dtype)
+  if not fast:
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers,
+                                        feature_group_count=feature_group_count,
+                                        precision=precision, **kwargs)
+  pad = tuple((int(a), int(b)) for a, b in padding)
+  return _depthwise(lhs, rhs, pad)
+
+
+# --------------------------------------------------------------------------- dense conv
+#
+# On XLA:CPU a small dense conv is often faster (and its gradients much faster) as an explicit
+# im2col + one matmul: measured for channel-expanding 3x3 convs (Cin < Cout) with outputs of at
+# most 16x16 pixels and for any conv with at most 2x2 output pixels; the rest stay on XLA's conv.
+
+
+def _im2col_conv(x: Array, kernel: Array, strides, padding) -> Array:
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = strides
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  out_h = (xp.shape[1] - kh) // sh + 1
+  out_w = (xp.shape[2] - kw) // sw + 1
+  cols = jnp.concatenate(
+      [xp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+       for i in range(kh) for j in range(kw)], axis=-1)
+  y = cols.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+  return y.reshape(x.shape[0], out_h, out_w, cout)
+
+
+def dense_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                               rhs_dilation=None, dimension_numbers=None,
+                               feature_group_count=1, precision=None, **kwargs):
+  """``lax.conv_general_dilated``, as im2col + matmul for small NHWC convs where that is faster."""
+  ones = (None, (1, 1), [1, 1])
+  ok = (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
+        and lhs_dilation in ones and rhs_dilation in ones and not isinstance(padding, str)
+        and dimension_numbers is not None
+        and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+        and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+        and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2)
+        and kwargs.get("preferred_element_type") is None and lhs.dtype == rhs.dtype
+        and rhs.shape[2] >= 8)
+  if ok:
+    kh, kw, cin, cout = rhs.shape
+    out_h = (lhs.shape[1] + sum(padding[0]) - kh) // window_strides[0] + 1
+    out_w = (lhs.shape[2] + sum(padding[1]) - kw) // window_strides[1] + 1
+    ok = out_h * out_w <= 4 or (cin < cout and out_h * out_w <= 256)
+  if not ok:
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers,
+                                        feature_group_count=feature_group_count,
+                                        precision=precision, **kwargs)
+  return _im2col_conv(lhs, rhs, tuple(window_strides),
+                      tuple((int(a), int(b)) for a, b in padding))
 
 
 # --------------------------------------------------------------------------- batch norm
