@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model_name = "espikeformer_t"
   c.model = ml_collections.ConfigDict()
-  c.model.strides = (1, 2, 2, 2, 1)       # 32 -> 32, 16, 8, 4 (16 tokens in stage 3)
+  c.model.strides = (2, 2, 2, 1, 1)       # 32 -> 16, 8, 4, 4, 4 (16 tokens in stages 3-4)
   c.model.embed_dims = (24, 48, 96, 128)
 
   c.mode = "vanilla" if "vanilla" in args else "sfa"

@@ -75,29 +75,20 @@ def run(args) -> dict:
   model.check_input(x)
 
   if args.train:
+    from spikejax.train.trainer import SplitTrainer, _jitted_functional_step
     model.train()
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
-
-    @nnx.jit(donate_argnums=(0, 1))
-    def step(model, optimizer, x, y):
-      def loss_fn(m):
-        logits = m(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      loss, grads = nnx.value_and_grad(loss_fn)(model)
-      optimizer.update(model, grads)
-      return loss
-
-    call = lambda: step(model, optimizer, x, y)
-    lowered_args = (model, optimizer, x, y)
+    runner = SplitTrainer(model, optimizer)
+    batch = {"image": x, "label": y, "target": jax.nn.one_hot(y, args.num_classes)}
+    call = lambda: runner.step(batch)
+    step = _jitted_functional_step
+    lowered_args = None  # donated state: analysed below from fresh abstract shapes
   else:
     model.eval()
-
-    @nnx.jit
-    def step(model, x):
-      return model(x)
-
-    call = lambda: step(model, x)
-    lowered_args = (model, x)
+    graphdef, state = nnx.split(model)
+    step = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    call = lambda: step(state, x)
+    lowered_args = (state, x)
 
   t0 = time.perf_counter()
   jax.block_until_ready(call())
@@ -117,6 +108,8 @@ def run(args) -> dict:
   if stats and "peak_bytes_in_use" in stats:
     mem["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
   try:
+    if lowered_args is None:
+      lowered_args = (runner.graphdef, runner.state, batch)
     ma = step.lower(*lowered_args).compile().memory_analysis()
     if ma is not None:
       mem["xla_estimate_bytes"] = int(ma.argument_size_in_bytes + ma.output_size_in_bytes +
