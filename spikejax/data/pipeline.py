@@ -272,7 +272,7 @@ class Dataset:
     builder = _builder(name, data_dir, download)
     source = _open_source(builder, split)
     if source is None and not spec.in_memory:
-      raise NotImplementedError(
+      raise ValueError(
           f"{name} is prepared in {builder.data_dir} in a format without random access; "
           f"prepare it with file_format='array_record' (`tfds build {name} "
           "--file_format=array_record`)")
