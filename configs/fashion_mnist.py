@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
-  c.optimizer.lr = 2e-3
+  c.optimizer.lr = 4e-3
   c.optimizer.weight_decay = 0.05
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
