@@ -39,7 +39,6 @@ def run(mesh_data: int, mesh_fsdp: int, steps: int = 3):
     optimizer, _ = trainer.build_optimizer(config, model, total_steps=10, steps_per_epoch=10)
     sharding.shard_model_and_optimizer(model, optimizer, mesh)
   model.train()
-  train_step, _ = trainer.make_steps()
   full = fixed_batch()
   n, p = jax.process_count(), jax.process_index()
   per = full["image"].shape[0] // n
@@ -59,10 +58,12 @@ def run(mesh_data: int, mesh_fsdp: int, steps: int = 3):
   gathered = {"/".join(map(str, path)): np.asarray(
       jax.experimental.multihost_utils.process_allgather(var.get_value(), tiled=True))
       for path, var in nnx.to_flat_state(grads)}
+  runner = trainer.SplitTrainer(model, optimizer)  # the trainer's own step
   losses = []
   for _ in range(steps):
-    out = train_step(model, optimizer, sharding.shard_batch(local, mesh))
+    out = runner.step(sharding.shard_batch(local, mesh))
     losses.append(float(out["loss"]))
+  runner.sync()
   params = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
     arr = var.get_value()

@@ -116,19 +116,8 @@ def _soft_ce(logits, targets):
 
 
 @functools.lru_cache(maxsize=None)
-def make_steps():
-  """The jitted train and eval steps (built once per process, so compilations are reused)."""
-  @nnx.jit(donate_argnums=(0, 1))
-  def train_step(model, optimizer, batch):
-    def loss_fn(m):
-      logits = m(batch["image"])
-      loss = jnp.mean(_soft_ce(logits, batch["target"]))
-      return loss, logits
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
-    acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    gnorm = optax.tree.norm(grads)
-    return {"loss": loss, "accuracy": acc, "grad_norm": gnorm}
+def make_eval_step():
+  """The jitted eval step (built once per process, so compilations are reused)."""
 
   @nnx.jit
   def eval_step(model, batch):
@@ -139,7 +128,7 @@ def make_steps():
         logits.astype(jnp.float32), batch["label"]) * mask
     return {"correct": jnp.sum(correct), "loss_sum": jnp.sum(loss), "count": jnp.sum(mask)}
 
-  return train_step, eval_step
+  return eval_step
 
 
 def _functional_train_step(graphdef, state, batch):
@@ -276,7 +265,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     log.info("model %s: %d parameters; %d steps (%d per epoch); devices %d; resume at %d",
              config.model_name, count_params(model), total_steps, steps_per_epoch, num_devices,
              start_step)
-  _, eval_step = make_steps()
+  eval_step = make_eval_step()
   runner = SplitTrainer(model, optimizer)
   best = manager.read_best()
   summary: dict[str, Any] = {}
