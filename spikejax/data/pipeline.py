@@ -144,7 +144,7 @@ def _open_source(builder, split: str):
 
   try:
     return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  except NotImplementedError as e:
+  except NotImplementedError as e:  # tfds' answer for formats without random access
     if not builder.is_prepared():
       hint = ("spikejax.data.prepare_fashion_mnist(data_dir) (from the Debian files: "
               f"{fmnist.INSTALL_HINT})" if builder.name == "fashion_mnist" else
