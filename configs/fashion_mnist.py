@@ -9,6 +9,7 @@ training baseline: binary spikes, LIF, image repeated over T=4 timesteps), ``t1`
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -16,19 +17,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dataset = "fashion_mnist"
-  c.data_dir = None
+  c.data_dir = placeholder(str)
   c.train_split = "train"
   c.eval_split = "test"
   c.image_size = 32           # 28 px zero-padded to 32
   c.channels = 1
-  c.augment = "default"       # crop with padding 2, flip, label smoothing 0.1
-  c.batch_size = 128
+  # No augmentation: in a 30-minute budget the model underfits (measured: with pad-2 crop, flip
+  # and label smoothing 0.1 the same recipe reached 89.03 %, without 90.06 %, 6 epochs each).
+  c.augment = "none"
+  c.batch_size = 64            # more updates in the budget; as fast per image as 128 here
   c.eval_batch_size = 500
 
   c.model_name = "espikeformer_t"
   c.model = ml_collections.ConfigDict()
   c.model.strides = (2, 2, 2, 1, 1)       # 32 -> 16, 8, 4, 4, 4 (16 tokens in stages 3-4)
   c.model.embed_dims = (24, 48, 96, 128)
+  c.model.block_depths = (2, 1)           # block3, block4 (official t: 6, 2): 1.7x faster steps
 
   c.mode = "vanilla" if "vanilla" in args else "sfa"
   c.spike = ml_collections.ConfigDict()
@@ -38,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
-  c.optimizer.lr = 4e-3
+  c.optimizer.lr = 3e-3
   c.optimizer.weight_decay = 0.05
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
@@ -47,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.layer_decay = 1.0
   c.warmup_epochs = 0.5
   c.min_lr = 1e-5
-  c.num_epochs = 6.0
+  c.num_epochs = 11.0
   c.time_limit_minutes = 28.0   # stop training (then evaluate and save) past this wall time
   c.ema_decay = 0.0
 
@@ -58,11 +62,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.eval_every_epochs = 1
+  c.firing_stats = True         # per-layer firing of each evaluation -> firing.json, eval/nsfr_*
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
   c.progress_bar = True
 
-  c.stop_after_steps = None     # stop early (checkpointed) without changing the schedule
+  c.stop_after_steps = placeholder(int)     # stop early (checkpointed) without changing the schedule
   if "runlocal" in args:
     c.batch_size = 16
     c.eval_batch_size = 32
@@ -75,8 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2
     c.time_limit_minutes = 10.0
   else:
-    c.max_train_steps = None
-    c.max_eval_steps = None
+    c.max_train_steps = placeholder(int)
+    c.max_eval_steps = placeholder(int)
   return c
 
 

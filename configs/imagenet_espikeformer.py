@@ -15,6 +15,7 @@ erasing 0.25; no mixup/cutmix, no EMA, no drop path.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 SIZES = {"t": "espikeformer_t", "s": "espikeformer_s", "m": "espikeformer_m",
          "l": "espikeformer_l"}
@@ -29,11 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dataset = "imagenet2012"
-  c.data_dir = None
+  c.data_dir = placeholder(str)
   c.train_split = "train"
   c.eval_split = "validation"
   c.image_size = 224
-  c.channels = None
+  c.channels = placeholder(int)
   c.augment = ml_collections.ConfigDict(dict(
       crop="rrc", flip=True, randaugment="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel",
       mixup=0.0, cutmix=0.0, label_smoothing=0.1))
@@ -62,9 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.warmup_epochs = 5.0
   c.min_lr = 1e-6
   c.num_epochs = 200.0
-  c.time_limit_minutes = None
+  c.time_limit_minutes = placeholder(float)
   c.ema_decay = 0.0
-  c.stop_after_steps = None
+  c.stop_after_steps = placeholder(int)
 
   c.dtype = "bfloat16"
   c.mesh = ml_collections.ConfigDict()
@@ -76,8 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 2000
   c.keep_checkpoints = 3
   c.progress_bar = True
-  c.max_train_steps = None
-  c.max_eval_steps = None
+  c.max_train_steps = placeholder(int)
+  c.max_eval_steps = placeholder(int)
 
   if "runlocal" in args:
     c.batch_size = 16

@@ -106,5 +106,7 @@ def test_activation_histogram(golden):
   hist = np.zeros(5)
   for path, v in nnx.to_flat_state(inter):
     if path[0] != "head_spike":
-      hist += np.asarray(v.get_value()[0] if isinstance(v.get_value(), tuple) else v.get_value())
+      h = np.asarray(v.get_value()[0] if isinstance(v.get_value(), tuple) else v.get_value())
+      assert h.shape == (1, 5)  # (T, D + 1)
+      hist += h.sum(0)
   np.testing.assert_array_equal(hist, g["activation_histogram_eval"])

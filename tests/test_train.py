@@ -1,6 +1,7 @@
 """The main job: config validation, end-to-end smoke run, exact resume, failures."""
 
 import copy
+import json
 import os
 
 import jax
@@ -61,8 +62,14 @@ def test_smoke_run_and_exact_resume(tmp_path):
   s = trainer.train_and_evaluate(tiny_config(), full)
   assert s["step"] == 4 and s["best_accuracy"] is not None
   assert "test_accuracy_ema" in s["history"][-1]
-  for name in ("config.json", "metrics.jsonl", "summary.json"):
+  for name in ("config.json", "metrics.jsonl", "summary.json", "firing.json"):
     assert os.path.exists(os.path.join(full, name))
+  with open(os.path.join(full, "firing.json")) as f:
+    fire = json.load(f)
+  # 4 conv blocks x 5 + (2 + 1) transformer blocks x 10 + 4 downsamplings + head = 55
+  assert len(fire["layers"]) == 55 and "firing_rate" in s["history"][-1]
+  nsfr = fire["layers"]["block4.0.mlp.fc1_spike"]["nsfr"][0]
+  assert len(nsfr) == 4 and all(a >= b for a, b in zip(nsfr, nsfr[1:]))
 
   part = str(tmp_path / "part")
   trainer.train_and_evaluate(tiny_config(stop_after_steps=2), part)

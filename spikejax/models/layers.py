@@ -95,21 +95,30 @@ def _row_chunk(h: int, row_bytes: int, kh: int, budget: int = 1 << 18) -> int:
 
 
 def _depthwise_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
-  """dk[i, j, c] = sum_{b,y,x} xp[b, y+i, x+j, c] * g[b, y, x, c], as (kh, kw, C) float32."""
+  """dk[i, j, c] = sum_{b,y,x} xp[b, y+i, x+j, c] * g[b, y, x, c], as (kh, kw, C) float32.
+
+  A scan over chunks that stay in cache: row blocks of one image for large images, groups of
+  whole images for small ones (one step per image would be thousands of tiny kernels).
+  """
   b, h, w, c = g.shape
   acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
-  r = _row_chunk(h, xp.shape[2] * c * xp.dtype.itemsize, kh)
+  row_bytes = xp.shape[2] * c * xp.dtype.itemsize
+  r = _row_chunk(h, row_bytes, kh)
   n = h // r
+  group = 1
+  if n == 1:  # whole images fit: take as many per step as the budget allows
+    group = _row_chunk(b, (h + kh - 1) * row_bytes, 1)
   if n > 1:  # overlapping row windows: (b * n, r + kh - 1, wp, c)
     rows = jnp.arange(n)[:, None] * r + jnp.arange(r + kh - 1)[None]
     xw = xp[:, rows].reshape((b * n, r + kh - 1) + xp.shape[2:])
   else:
     xw = xp
-  gw = g.reshape(b * n, r, w, c)
+  xw = xw.reshape((b * n // group, group) + xw.shape[1:])
+  gw = g.reshape(b * n // group, group, r, w, c)
 
   def body(acc, xg):
     xs, gs = xg
-    taps = [jnp.sum((xs[i:i + r, j:j + w] * gs).astype(acc_dtype), axis=(0, 1))
+    taps = [jnp.sum((xs[:, i:i + r, j:j + w] * gs).astype(acc_dtype), axis=(0, 1, 2))
             for i in range(kh) for j in range(kw)]
     return acc + jnp.stack(taps).reshape(kh, kw, c), None
 
@@ -338,8 +347,9 @@ class SpikeNeuron(nnx.Module):
   """The SN layer: elementwise, no parameters (spec §1).
 
   Input: the membrane potential with a leading merged ``T * B`` axis. Output: the spike
-  value passed on (``S / norm``). With ``record=True`` the neuron sows small firing
-  statistics (histogram of the counts 0..D and their sum) as ``nnx.Intermediate``.
+  value passed on (``S / norm``). With ``record=True`` the neuron sows its firing statistics
+  inside the traced call (no host round trip): ``spike_hist``, the ``(T, top + 1)`` histogram
+  of the counts per real timestep, as ``nnx.Intermediate`` (``spikejax.analysis.firing``).
   """
 
   def __init__(self, config: SpikeConfig, *, head: bool = False):
@@ -369,12 +379,22 @@ class SpikeNeuron(nnx.Module):
     s, _ = spiking.multistep(x_seq, fire, dyn)
     return s.reshape(u.shape)
 
+  @property
+  def top(self) -> int:
+    """The largest count one real timestep can emit (D for SFA, 1 for binary spikes)."""
+    return self.config.spike_max if self.config.firing == "sfa" else 1
+
+  def histogram(self, s: Array) -> Array:
+    """``(T, top + 1)`` float32: per real timestep, how many counts equal 0, 1, ..., top."""
+    T = self.config.time_steps
+    st = s.reshape(T, -1)
+    return jnp.stack([jnp.sum(st == k, axis=1) for k in range(self.top + 1)],
+                     axis=1).astype(jnp.float32)
+
   def __call__(self, u: Array) -> Array:
     s = self.counts(u)
     if self.record:
-      top = self.config.spike_max if self.config.firing == "sfa" else 1
-      hist = jnp.stack([jnp.sum(s == k) for k in range(top + 1)]).astype(jnp.float32)
-      self.sow(nnx.Intermediate, "spike_hist", hist)
+      self.sow(nnx.Intermediate, "spike_hist", self.histogram(s))
     if self.norm == 1.0:
       return s
     return s / jnp.asarray(self.norm, s.dtype)

@@ -145,6 +145,24 @@ class TrainCheckpointer:
     except Exception:  # a corrupt latest checkpoint is reported by restore_latest
       return None
 
+  def restore_arrays(self) -> tuple[int, dict[str, Any]]:
+    """The newest readable checkpoint as saved (``{'model': {...}, 'optimizer': ...}``)."""
+    import logging
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"no training checkpoint in {self.directory}: train first, or "
+                              f"pass a model directory written by `python -m spikejax.convert`.")
+    for step in steps:
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))["state"]
+        return int(step), restored
+      except Exception as e:  # corrupt or incomplete: say so, use the previous one
+        logging.getLogger("spikejax").warning(
+            "checkpoint %s/%d could not be restored (%s); trying the previous one",
+            self.directory, step, type(e).__name__)
+    raise ValueError(f"no readable checkpoint in {self.directory} (all of {steps} failed).")
+
   def restore_latest(self, model, optimizer, ema=None) -> int:
     """Restores the newest readable checkpoint in place; returns its step (0 if none)."""
     import logging
@@ -166,3 +184,39 @@ class TrainCheckpointer:
       log.info("resumed from %s/%d", self.directory, step)
       return int(step)
     return 0
+
+
+def load_trained(path: str, *, use_ema: bool = False, **overrides):
+  """A trained model from a model directory (``model.json``) or a training workdir.
+
+  A workdir (``config.json`` + ``checkpoints/``) is rebuilt from its saved config and the
+  newest readable training checkpoint (``use_ema``: its EMA weights, if it kept them).
+  ``overrides`` replace model options (e.g. ``rounding='half_up'``). Returns
+  ``(model, config)``; ``config`` is ``None`` for a model directory.
+  """
+  import ml_collections
+  from spikejax.models import create_model
+  from spikejax.train.trainer import model_kwargs
+  path = os.path.abspath(path)
+  if os.path.exists(os.path.join(path, MODEL_JSON)):
+    return load_model(path, **overrides), None
+  cfg_file = os.path.join(path, "config.json")
+  ckpt_dir = os.path.join(path, "checkpoints")
+  if not (os.path.exists(cfg_file) and os.path.isdir(ckpt_dir)):
+    raise FileNotFoundError(
+        f"{path} is neither a model directory (with {MODEL_JSON}) nor a training workdir "
+        f"(with config.json and checkpoints/); pass the --workdir of a spikejax.main run.")
+  with open(cfg_file) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  step, restored = TrainCheckpointer(ckpt_dir, async_save=False).restore_arrays()
+  values = dict(restored["model"])
+  if use_ema:
+    if "ema" not in restored:
+      raise ValueError(f"{ckpt_dir}/{step} has no EMA weights (config.ema_decay was 0).")
+    values.update({k: v for k, v in restored["ema"].items() if k in values})
+  num_classes = int(np.shape(values["head/bias"])[0])
+  dtype = jax.numpy.bfloat16 if config.get("dtype") == "bfloat16" else jax.numpy.float32
+  model = create_model(config.model_name, num_classes=num_classes, rngs=nnx.Rngs(0),
+                       dtype=dtype, **{**model_kwargs(config), **overrides})
+  _assign(model, {k: jax.numpy.asarray(v) for k, v in values.items()})
+  return model, config

@@ -121,12 +121,18 @@ def make_eval_step():
 
   @nnx.jit
   def eval_step(model, batch):
-    logits = model(batch["image"])
+    # spiking layers with ``record=True`` sow their count histograms (analysis.firing)
+    logits, inter = nnx.capture(model, nnx.Intermediate)(batch["image"])
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]) * mask
     loss = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), batch["label"]) * mask
-    return {"correct": jnp.sum(correct), "loss_sum": jnp.sum(loss), "count": jnp.sum(mask)}
+    hists = {}
+    for path, var in nnx.to_flat_state(inter):
+      v = var.get_value()
+      hists[".".join(str(p) for p in path[:-1])] = v[0] if isinstance(v, tuple) else v
+    return {"correct": jnp.sum(correct), "loss_sum": jnp.sum(loss), "count": jnp.sum(mask),
+            "firing": hists}
 
   return eval_step
 
@@ -198,19 +204,49 @@ class NaNLossError(RuntimeError):
   pass
 
 
-def evaluate(model, eval_step, ds, mesh, max_steps=None) -> dict[str, float]:
+def evaluate(model, eval_step, ds, mesh, max_steps=None, *, firing: bool = False
+             ) -> dict[str, Any]:
+  """Accuracy and loss over ``ds``; with ``firing``, also every spiking layer's histogram of
+  counts per real timestep (sown inside the jitted step; one host transfer per batch).
+  Padding rows of the last eval batch are excluded from accuracy and loss but not from the
+  histograms."""
+  from spikejax.models.layers import SpikeNeuron
+  neurons = [m for _, m in nnx.iter_modules(model) if isinstance(m, SpikeNeuron)]
   model.eval()
+  for sn in neurons:
+    sn.record = firing
   totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
-  for i, batch in enumerate(ds):
-    if max_steps is not None and i >= max_steps:
-      break
-    out = eval_step(model, sharding_lib.shard_batch(batch, mesh))
-    for k in totals:
-      totals[k] += float(out[k])
-  model.train()
+  hists: dict[str, np.ndarray] = {}
+  try:
+    for i, batch in enumerate(ds):
+      if max_steps is not None and i >= max_steps:
+        break
+      out = jax.device_get(eval_step(model, sharding_lib.shard_batch(batch, mesh)))
+      for k in totals:
+        totals[k] += float(out[k])
+      for k, v in out["firing"].items():
+        hists[k] = hists.get(k, 0) + np.asarray(v, np.float64)
+  finally:
+    for sn in neurons:
+      sn.record = False
+    model.train()
   n = max(totals["count"], 1.0)
-  return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n,
-          "examples": int(totals["count"])}
+  res = {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n,
+         "examples": int(totals["count"])}
+  if firing:
+    res["firing"] = hists
+  return res
+
+
+def _firing_summary(hists: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
+  """Scalars (mean rate, network NSFR per sub-step) and per-layer statistics from histograms."""
+  from spikejax.analysis.firing import FiringStats, LayerFiring
+  stats = FiringStats({k: LayerFiring(k, v, head=(k == "head_spike")) for k, v in hists.items()},
+                      batches=0, images=0)
+  scalars = {"eval/firing_rate": stats.mean_rate()}
+  for i, v in enumerate(stats.nsfr_curve(), 1):
+    scalars[f"eval/nsfr_{i}"] = float(v)
+  return scalars, {k: v.as_dict() for k, v in stats.layers.items()}
 
 
 def _plain(value):
@@ -310,13 +346,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0 \
           or end_of_epoch and (step == total_steps or stopped_by):
         runner.sync()
-        res = evaluate(model, eval_step, eval_ds, mesh, config.get("max_eval_steps"))
+        res = evaluate(model, eval_step, eval_ds, mesh, config.get("max_eval_steps"),
+                       firing=bool(config.get("firing_stats")))
         epoch = step / steps_per_epoch
         row = {"epoch": round(epoch, 3), "step": step,
                "time_min": round((time.time() - t_start) / 60, 2),
                "test_accuracy": res["accuracy"], "test_loss": res["loss"]}
         scalars = {"eval/accuracy": res["accuracy"], "eval/loss": res["loss"],
                    "eval/epoch": epoch, "eval/time_min": row["time_min"]}
+        if "firing" in res:   # per-layer firing of this evaluation -> firing.json
+          fire_scalars, fire_layers = _firing_summary(res["firing"])
+          scalars.update(fire_scalars)
+          row["firing_rate"] = fire_scalars["eval/firing_rate"]
+          if is_main:
+            with open(os.path.join(workdir, "firing.json"), "w") as f:
+              json.dump({"step": step, "epoch": epoch, "layers": fire_layers}, f)
         if ema is not None:  # the EMA weights are evaluated too (spec §6.3)
           with ema.swapped_into(model):
             res_ema = evaluate(model, eval_step, eval_ds, mesh, config.get("max_eval_steps"))

@@ -1,0 +1,51 @@
+"""The analysis notebooks execute end to end (nbclient) on a tiny configuration.
+
+Both notebooks train (once, shared through the cache directory) two tiny Fashion-MNIST models
+for a few steps and read everything through the public API; any failing cell fails the test.
+Needs the Debian Fashion-MNIST files (``launch/setup.sh`` installs them).
+"""
+
+import os
+import pathlib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from spikejax.data import fashion_mnist
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["spike_maps.ipynb", "energy.ipynb"]
+
+
+def _have_data():
+  try:
+    fashion_mnist.source_dir_or_raise()
+    return True
+  except Exception:
+    return False
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("notebook_models"))
+
+
+@pytest.mark.skipif(not _have_data() and not os.environ.get("CI"),
+                    reason="Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)")
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes(name, cache, monkeypatch):
+  monkeypatch.setenv("SPIKEJAX_NOTEBOOK_TINY", "1")
+  monkeypatch.setenv("SPIKEJAX_NOTEBOOK_CACHE", cache)
+  monkeypatch.delenv("SPIKEJAX_CHECKPOINT_SFA", raising=False)
+  monkeypatch.delenv("SPIKEJAX_CHECKPOINT_VANILLA", raising=False)
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  # one CPU device in the kernel (the suite's 8 fake devices are for sharding tests)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+  client = NotebookClient(nb, timeout=900, kernel_name="python3",
+                          resources={"metadata": {"path": str(ROOT)}})
+  client.execute()   # raises CellExecutionError naming the failing cell
+  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.get("outputs", []))
+  assert "SFA model:" in outputs
