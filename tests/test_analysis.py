@@ -61,6 +61,9 @@ def test_trained_checkpoint_spike_driven_equals_integer(trained_dir):
   assert res["mismatched_activations"] == 0
   assert res["max_rel_logit_diff"] < 1e-5, res["max_rel_logit_diff"]
   assert res["argmax_agree"] == 1.0
+  # float64: the summation order no longer moves any membrane across a quantiser step
+  res64 = spike_driven.compare(model, x, float64=True)
+  assert res64["dtype"] == "float64" and res64["max_abs_logit_diff"] <= 1e-12
   # The binary spikes are genuinely front-loaded trains: per sub-step counts never increase.
   _, stats = spike_driven.run(model, x)
   assert stats["schedule"] == {"time_steps": 1, "sub_steps": 4}
@@ -129,7 +132,7 @@ def test_vanilla_binary_model_runs_spike_driven():
 
 
 @pytest.mark.skipif(not golden_files(), reason="../shared/golden is absent")
-@pytest.mark.parametrize("rounding", ["half_up", "half_even"])
+@pytest.mark.parametrize("rounding", ["half_up"])   # half_even: same code path, ties unit-tested
 def test_golden_model_spike_driven(rounding):
   """Official weights: spike-driven logits equal the integer model's (spec §1.4)."""
   path = [p for p in golden_files() if "espikeformer_t" in p.name][0]

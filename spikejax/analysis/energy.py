@@ -74,7 +74,8 @@ def energy_report(model, image_shape, rates: Mapping[str, float] | Any | None = 
   stem = [r for r in rows if r["op"] == "MAC"]
   return {
       "formula": FORMULA, "e_mac_pj": e_mac_pj, "e_ac_pj": e_ac_pj, "time_steps": T,
-      "spike_max": model.spike.spike_max, "image_shape": list(image_shape),
+      "spike_max": model.spike.spike_max if model.spike.firing == "sfa" else None,
+      "firing": model.spike.firing, "image_shape": list(image_shape),
       "dense_macs": macs_total,
       "dense_macs_conv_linear": sum(r["macs"] for r in rows if r["kind"] != "matmul"),
       "dense_macs_attention": sum(r["macs"] for r in rows if r["kind"] == "matmul"),
@@ -105,8 +106,10 @@ def format_table(report: dict[str, Any]) -> str:
   lines.append(f"energy per image: SNN {'n/a (no firing rates)' if snn is None else f'{snn:.4f} mJ'}"
                f", ANN equivalent {report['ann_energy_mj']:.4f} mJ"
                + ("" if not report["ann_over_snn"] else f" ({report['ann_over_snn']:.1f}x)"))
+  spikes = (f"D = {report['spike_max']}" if report["spike_max"] is not None
+            else "binary spikes")
   lines.append(f"E_MAC = {report['e_mac_pj']} pJ, E_AC = {report['e_ac_pj']} pJ, T = "
-               f"{report['time_steps']}, D = {report['spike_max']}")
+               f"{report['time_steps']}, {spikes}")
   lines.append(report["formula"])
   return "\n".join(lines)
 

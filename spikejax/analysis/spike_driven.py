@@ -327,8 +327,32 @@ def layer_records(model: ESpikeFormer, image_shape) -> list[LayerRecord]:
   return list(_trace(model, image_shape).layers)
 
 
-def compare(model: ESpikeFormer, x) -> dict[str, Any]:
-  """Spike-driven logits against the integer model's: differences, mismatched activations."""
+def _as_float64(model):
+  """A float64 copy of ``model``: parameters, statistics and every layer's compute dtype."""
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda a: a.astype(jnp.float64)
+                       if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+  copy = nnx.merge(graphdef, state)
+  for _, mod in nnx.iter_modules(copy):
+    if getattr(mod, "dtype", None) is not None:
+      mod.dtype = jnp.float64
+  return copy
+
+
+def compare(model: ESpikeFormer, x, *, float64: bool = False) -> dict[str, Any]:
+  """Spike-driven logits against the integer model's: differences, mismatched activations.
+
+  The two paths sum the same products in a different order (sub-step by sub-step against
+  integer activations), so in float32 a membrane within rounding error of a quantiser step
+  ``k + 0.5`` can land on either side and the flip propagates. ``float64=True`` runs both in
+  float64 (``jax.enable_x64``), where that no longer happens in practice: with ``half_up`` the
+  logits then agree to float64 rounding.
+  """
+  if float64:
+    with jax.enable_x64(True):
+      res = compare(_as_float64(model), jnp.asarray(x, jnp.float64))
+    res["dtype"] = "float64"   # compute dtype (the head returns float32 logits)
+    return res
   logits_sd, stats = run(model, x)
   graphdef, state = nnx.split(model)
 
@@ -348,7 +372,7 @@ def compare(model: ESpikeFormer, x) -> dict[str, Any]:
                                                                                  -1))),
           "mismatched_activations": sum(mism.values()),
           "mismatched_layers": {k: v for k, v in mism.items() if v},
-          "rounding": model.spike.rounding,
+          "rounding": model.spike.rounding, "dtype": str(logits_int.dtype),
           "logits_spike_driven": logits_sd, "logits_integer": logits_int}
 
 
@@ -362,6 +386,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m spikejax.analysis.spike_driven",
                               description=main.__doc__)
   cli.add_model_args(p)
+  p.add_argument("--float64", action="store_true", help="compare in float64 (jax x64)")
   p.add_argument("--json", action="store_true")
   args = p.parse_args(argv)
   model, config = cli.load(args)
@@ -371,7 +396,7 @@ def main(argv=None) -> int:
   for batch in cli.eval_batches(config, args):
     keep = np.asarray(batch["mask"]).astype(bool)
     x = np.asarray(batch["image"])[keep]
-    res = compare(model, x)
+    res = compare(model, x, float64=args.float64)
     _, stats = run(model, x)
     n += len(x)
     agree += res["argmax_agree"] * len(x)
@@ -381,10 +406,12 @@ def main(argv=None) -> int:
     tot = sum(np.asarray(v) for v in stats["spikes"].values())
     per_step = tot if per_step is None else per_step + tot
   out = {"checkpoint": args.checkpoint, "rounding": model.spike.rounding, "images": n,
+         "float64": args.float64,
          "max_abs_logit_diff": max_abs, "max_rel_logit_diff": max_rel,
          "argmax_agree": agree / max(n, 1), "mismatched_activations": mism,
          "spikes_per_substep": np.asarray(per_step).tolist()}
-  print(f"{n} images, rounding {out['rounding']}: max |logit diff| {max_abs:.3g} (relative "
+  print(f"{n} images, rounding {out['rounding']}{' (float64)' if args.float64 else ''}: "
+        f"max |logit diff| {max_abs:.3g} (relative "
         f"{max_rel:.3g}), predictions agree on {out['argmax_agree'] * 100:.2f} %, "
         f"{mism} activations differ from the integer model's rounding")
   if args.json:

@@ -255,7 +255,7 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     out_dtype = self.dtype or x.dtype
-    xf = x.astype(jnp.float32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))   # float32, or float64 under x64
     axes = tuple(range(x.ndim - 1))
     if self.use_running_average:
       mean, var = self.mean[...], self.var[...]
@@ -273,8 +273,8 @@ class BatchNorm(nnx.Module):
       mom = self.momentum
       self.mean[...] = (1 - mom) * self.mean[...] + mom * jax.lax.stop_gradient(mean)
       self.var[...] = (1 - mom) * self.var[...] + mom * jax.lax.stop_gradient(unbiased)
-    inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(jnp.float32)
-    y = (xf - mean) * inv + self.bias[...].astype(jnp.float32)
+    inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(xf.dtype)
+    y = (xf - mean) * inv + self.bias[...].astype(xf.dtype)
     if mask is not None:
       y = y * mask.astype(jnp.float32)
     return y.astype(out_dtype)
