@@ -1,4 +1,4 @@
-"""Tiny Fashion-MNIST models for the notebooks and quick looks (trained in about a minute).
+"""Tiny Fashion-MNIST models for the notebooks and quick looks.
 
 ``train_tiny(mode)`` trains a small E-SpikeFormer (SFA, T=1, D=4; or the vanilla binary LIF
 baseline, T=4) on the real Fashion-MNIST images read straight from the Debian idx files, and
