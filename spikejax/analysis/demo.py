@@ -84,24 +84,6 @@ def train_tiny(mode: str = "sfa", directory: str | None = None, *, steps: int = 
   return directory
 
 
-def accuracy(model, split: str = "test", n: int | None = 2000, batch_size: int = 500,
-             source_dir: str | None = None) -> float:
-  """Top-1 accuracy of ``model`` (eval mode) on the first ``n`` images of ``split``."""
-  x, y = fashion_mnist_arrays(split, n, source_dir)
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def predict(state, xb):
-    m = nnx.merge(graphdef, state)
-    m.eval()
-    return jnp.argmax(m(xb), -1)
-
-  correct = 0
-  for i in range(0, len(y), batch_size):
-    correct += int(jnp.sum(predict(state, jnp.asarray(x[i:i + batch_size])) == y[i:i + batch_size]))
-  return correct / len(y)
-
-
 def info(directory: str) -> dict[str, Any]:
   with open(os.path.join(directory, "train_info.json")) as f:
     return json.load(f)

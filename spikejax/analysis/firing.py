@@ -109,8 +109,13 @@ def spiking_layers(model: nnx.Module) -> list[tuple[str, SpikeNeuron]]:
           if isinstance(m, SpikeNeuron)]
 
 
-def _path_name(path) -> str:
-  return ".".join(str(p) for p in path[:-1])   # drop the 'spike_hist' leaf name
+def sown_histograms(intermediates) -> dict[str, jax.Array]:
+  """``{layer name: (T, top + 1) histogram}`` from ``nnx.capture(..., nnx.Intermediate)``."""
+  hists = {}
+  for path, var in nnx.to_flat_state(intermediates):
+    v = var.get_value()
+    hists[".".join(str(p) for p in path[:-1])] = v[0] if isinstance(v, tuple) else v
+  return hists
 
 
 @functools.lru_cache(maxsize=16)
@@ -123,11 +128,7 @@ def _eval_step(graphdef):
     for _, sn in spiking_layers(model):
       sn.record = True
     logits, inter = nnx.capture(model, nnx.Intermediate)(images)
-    hists = {}
-    for path, var in nnx.to_flat_state(inter):
-      v = var.get_value()
-      v = v[0] if isinstance(v, tuple) else v
-      hists[_path_name(path)] = v
+    hists = sown_histograms(inter)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels) if labels is not None else 0
     return correct, hists
 

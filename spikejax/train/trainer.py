@@ -127,12 +127,9 @@ def make_eval_step():
     correct = (jnp.argmax(logits, -1) == batch["label"]) * mask
     loss = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), batch["label"]) * mask
-    hists = {}
-    for path, var in nnx.to_flat_state(inter):
-      v = var.get_value()
-      hists[".".join(str(p) for p in path[:-1])] = v[0] if isinstance(v, tuple) else v
+    from spikejax.analysis.firing import sown_histograms
     return {"correct": jnp.sum(correct), "loss_sum": jnp.sum(loss), "count": jnp.sum(mask),
-            "firing": hists}
+            "firing": sown_histograms(inter)}
 
   return eval_step
 
