@@ -131,14 +131,41 @@ def test_imagenet_recipe_runlocal_on_mock_data(arg, tmp_path):
   assert s["step"] == 2 and s["checkpoint"].endswith("/2")
 
 
+def _buffer_pointers(tree):
+  return [s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)
+          if isinstance(x, jax.Array) for s in x.addressable_shards]
+
+
+def test_unalias_gives_every_donated_array_its_own_buffer():
+  import jax.numpy as jnp
+  x = jnp.arange(4.0)
+  tree = {"a": x, "b": x, "c": jnp.zeros(3)}   # one array held twice (e.g. shared init)
+  assert len(set(_buffer_pointers(tree))) == 2
+  out = trainer.unalias(tree)
+  assert len(set(_buffer_pointers(out))) == 3
+  np.testing.assert_array_equal(out["b"], x)
+  assert out["a"] is x and out["c"] is tree["c"]  # arrays with their own buffers are kept
+
+
 @needs_data
-def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
+def test_checkpoint_restores_onto_a_different_mesh(tmp_path, monkeypatch):
   wd = str(tmp_path / "wd")
   trainer.train_and_evaluate(tiny_config(**{"mesh.data": 8, "mesh.fsdp": 1}), wd)
+  # The restored state must not share device buffers (on CPU devices orbax can restore a
+  # replicated array with shards sharing one buffer; donating it crashed the next step).
+  pointers = []
+  init = trainer.SplitTrainer.__init__
+
+  def checked_init(self, model, optimizer):
+    init(self, model, optimizer)
+    pointers.append(_buffer_pointers(self.state))
+
+  monkeypatch.setattr(trainer.SplitTrainer, "__init__", checked_init)
   # same workdir, a 2 x 4 (data x fsdp) mesh: resumes at step 4 and continues
   s = trainer.train_and_evaluate(tiny_config(max_train_steps=5,
                                              **{"mesh.data": 2, "mesh.fsdp": 4}), wd)
   assert s["step"] == 5
+  assert pointers and len(set(pointers[0])) == len(pointers[0])
 
 
 @needs_data

@@ -91,6 +91,19 @@ def _flat(obj) -> dict[str, Any]:
           for path, var in nnx.to_flat_state(nnx.state(obj))}
 
 
+def _own_buffers(tree):
+  """Every array in its own device buffers.
+
+  orbax can restore a replicated array onto CPU "devices" (one host memory) with several
+  shards sharing one buffer. The jitted train step donates its state, so such a buffer would be
+  freed while still in use (a crash, or silent corruption). Copying costs one pass over the
+  state at restore time only.
+  """
+  return jax.tree.map(
+      lambda x: jax.device_put(x, x.sharding, may_alias=False)
+      if isinstance(x, jax.Array) else x, tree)
+
+
 def _assign(obj, values: dict[str, Any]) -> None:
   state = nnx.state(obj)
   flat = nnx.to_flat_state(state)
@@ -173,6 +186,7 @@ class TrainCheckpointer:
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract)))["state"]
+        restored = _own_buffers(restored)
       except Exception as e:  # corrupt or incomplete: say so, use the previous one
         log.warning("checkpoint %s/%d could not be restored (%s: %s); trying the previous one",
                     self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])

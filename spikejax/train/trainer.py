@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from spikejax.data.event_pipeline import model_input
 from spikejax.train import checkpoints as ckpt_lib
 from spikejax.train import metrics as metrics_lib
 from spikejax.train import optim
@@ -84,6 +85,11 @@ def validate(config, num_devices: int) -> None:
     raise ConfigError(f"optimizer.name must be 'adamw' or 'lamb', got {config.optimizer.name!r}.")
   if not config.num_epochs > 0:
     raise ConfigError(f"num_epochs must be > 0, got {config.num_epochs}.")
+  frames = config.get("frames")
+  if frames is not None and frames.get("time_steps", 4) != config.spike.time_steps:
+    raise ConfigError(f"frames.time_steps={frames.get('time_steps', 4)} (frames per example) "
+                      f"differs from spike.time_steps={config.spike.time_steps} (the model's "
+                      "real timesteps); set both to the same T.")
   if config.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}.")
 
@@ -122,7 +128,8 @@ def make_eval_step():
   @nnx.jit
   def eval_step(model, batch):
     # spiking layers with ``record=True`` sow their count histograms (analysis.firing)
-    logits, inter = nnx.capture(model, nnx.Intermediate)(batch["image"])
+    x = model_input(batch["image"])  # event frames: (B, T, ...) -> time-major
+    logits, inter = nnx.capture(model, nnx.Intermediate)(x)
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]) * mask
     loss = optax.softmax_cross_entropy_with_integer_labels(
@@ -138,7 +145,7 @@ def _functional_train_step(graphdef, state, batch):
   model, optimizer = nnx.merge(graphdef, state)
 
   def loss_fn(m):
-    logits = m(batch["image"])
+    logits = m(model_input(batch["image"]))
     return jnp.mean(_soft_ce(logits, batch["target"])), logits
 
   (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -149,6 +156,25 @@ def _functional_train_step(graphdef, state, batch):
 
 
 _jitted_functional_step = jax.jit(_functional_train_step, static_argnums=0, donate_argnums=1)
+
+
+def unalias(tree):
+  """``tree`` with a private copy of every array whose device buffer another array (or another
+  shard of itself) also uses: donating such a buffer to the train step would free it while in
+  use (one array shared by two parameters; orbax restores on CPU "devices")."""
+  seen: set[int] = set()
+
+  def own(x):
+    if not isinstance(x, jax.Array):
+      return x
+    ptrs = [s.data.unsafe_buffer_pointer() for s in x.addressable_shards]
+    if len(set(ptrs)) < len(ptrs) or seen.intersection(ptrs):
+      x = jax.device_put(x, x.sharding, may_alias=False)
+      ptrs = [s.data.unsafe_buffer_pointer() for s in x.addressable_shards]
+    seen.update(ptrs)
+    return x
+
+  return jax.tree.map(own, tree)
 
 
 class SplitTrainer:
@@ -162,7 +188,8 @@ class SplitTrainer:
 
   def __init__(self, model, optimizer):
     self.model, self.optimizer = model, optimizer
-    self.graphdef, self.state = nnx.split((model, optimizer))
+    self.graphdef, state = nnx.split((model, optimizer))
+    self.state = unalias(state)
 
   def step(self, batch):
     self.state, metrics = _jitted_functional_step(self.graphdef, self.state, batch)
@@ -269,11 +296,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_ds = data_lib.get_dataset(config.dataset, split=config.train_split,
                                   batch_size=config.batch_size, data_dir=config.data_dir,
                                   train=True, seed=config.seed, image_size=config.image_size,
-                                  augment=_plain(config.augment), channels=config.channels)
+                                  augment=_plain(config.augment), channels=config.channels,
+                                  frames=_plain(config.get("frames")))
   eval_ds = data_lib.get_dataset(config.dataset, split=config.eval_split,
                                  batch_size=config.eval_batch_size, data_dir=config.data_dir,
                                  train=False, seed=config.seed, image_size=config.image_size,
-                                 channels=config.channels)
+                                 channels=config.channels, frames=_plain(config.get("frames")))
   steps_per_epoch = train_ds.steps_per_epoch
   total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
   if config.get("max_train_steps"):
@@ -284,7 +312,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
     model = create_model(config.model_name, num_classes=train_ds.num_classes,
                          rngs=nnx.Rngs(config.seed), dtype=dtype, **kw)
-    model.check_input(np.zeros((1,) + tuple(train_ds.image_shape), np.float32))
+    model.check_input(model_input(np.zeros((1,) + tuple(train_ds.image_shape), np.float32)))
     optimizer, schedule = build_optimizer(config, model, total_steps, steps_per_epoch)
     sharding_lib.shard_model_and_optimizer(model, optimizer, mesh)
   model.train()
