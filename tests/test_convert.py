@@ -48,13 +48,15 @@ def _listing_section(title):
   return out
 
 
-@pytest.mark.parametrize("name,title", [("espikeformer_t", "Efficient_Spiking_Transformer_t()"),
-                                        ("espikeformer_s", "Efficient_Spiking_Transformer_s()")])
-def test_keys_and_shapes_match_official_listing(name, title):
+@pytest.mark.parametrize("name,title,entries", [
+    ("espikeformer_t", "Efficient_Spiking_Transformer_t()", 605),
+    ("espikeformer_s", "Efficient_Spiking_Transformer_s()", 605),
+    ("espikeformer_dvs", "Efficient_Spiking_Transformer_scaling_8_19M()", 629)])
+def test_keys_and_shapes_match_official_listing(name, title, entries):
   if not LISTING.exists():
     pytest.skip(f"{LISTING} is absent")
   listing = _listing_section(title)
-  assert len(listing) == 605
+  assert len(listing) == entries
   listing = {k: v for k, v in listing.items() if not k.endswith("num_batches_tracked")}
   model = nnx.eval_shape(lambda: create_model(name))
   ours = {}

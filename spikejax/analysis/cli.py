@@ -48,8 +48,14 @@ def eval_batches(config, args, image_size: int | None = None) -> Iterator[dict]:
                             batch_size=args.batch_size or config.eval_batch_size,
                             data_dir=config.data_dir, train=False, seed=config.seed,
                             image_size=image_size or config.image_size,
-                            channels=config.get("channels"))
+                            channels=config.get("channels"),
+                            frames=_plain(config.get("frames")))
   for i, batch in enumerate(ds):
     if i >= args.batches:
       break
     yield batch
+
+
+def _plain(value):
+  """A ConfigDict (or None) as a plain dict for the data pipeline."""
+  return value.to_dict() if hasattr(value, "to_dict") else value

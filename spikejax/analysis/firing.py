@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spikejax.data.event_pipeline import model_input
 from spikejax.models.layers import SpikeNeuron
 
 
@@ -170,6 +171,8 @@ def collect(model: nnx.Module, batches: Iterable, *, max_batches: int | None = N
         labels = None if labels is None else np.asarray(labels)[keep]
       if not keep.any():
         continue
+    if isinstance(batch, dict):  # pipeline batches of event frames are (B, T, ...)
+      images = model_input(images)
     lab = None if labels is None else jnp.asarray(labels)
     correct, hists = step(jnp.asarray(images), lab)
     hists, correct = jax.device_get((hists, correct))       # one transfer per batch

@@ -383,6 +383,7 @@ def main(argv=None) -> int:
   import json
   import numpy as np
   from spikejax.analysis import cli
+  from spikejax.data.event_pipeline import model_input
   p = argparse.ArgumentParser(prog="python -m spikejax.analysis.spike_driven",
                               description=main.__doc__)
   cli.add_model_args(p)
@@ -395,7 +396,7 @@ def main(argv=None) -> int:
   per_step = None
   for batch in cli.eval_batches(config, args):
     keep = np.asarray(batch["mask"]).astype(bool)
-    x = np.asarray(batch["image"])[keep]
+    x = model_input(np.asarray(batch["image"])[keep])  # event frames -> time-major
     res = compare(model, x, float64=args.float64)
     _, stats = run(model, x)
     n += len(x)

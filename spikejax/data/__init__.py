@@ -48,11 +48,15 @@ the 60000 training images).
 """
 
 from spikejax.data import augment, transforms
+from spikejax.data.event_pipeline import EVENT_SPECS, FrameConfig, model_input
 from spikejax.data.fashion_mnist import prepare_fashion_mnist
 from spikejax.data.pipeline import (SPECS, AugmentConfig, Dataset, DatasetSpec, get_dataset,
                                     load_split_arrays)
 
 __all__ = [
+    "EVENT_SPECS",
+    "FrameConfig",
+    "model_input",
     "AugmentConfig",
     "Dataset",
     "DatasetSpec",

@@ -137,13 +137,14 @@ def _builder(name: str, data_dir: str | None, download: bool):
   return builder
 
 
-def _open_source(builder, split: str):
-  """Random-access tfds source of ``split`` with images left encoded, or ``None`` if the
+def _open_source(builder, split: str, *, images: bool = True):
+  """Random-access tfds source of ``split`` (with ``images``: left encoded), or ``None`` if the
   dataset is prepared in a sequential-only format (e.g. tfrecord)."""
   import tensorflow_datasets as tfds
 
+  decoders = {"image": tfds.decode.SkipDecoding()} if images else None
   try:
-    return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    return builder.as_data_source(split=split, decoders=decoders)
   except NotImplementedError as e:  # tfds' answer for formats without random access
     if not builder.is_prepared():
       hint = ("spikejax.data.prepare_fashion_mnist(data_dir) (from the Debian files: "
@@ -513,7 +514,7 @@ def get_dataset(name: str, *, split: str, batch_size: int, data_dir: str | None 
                 channels: int | None = None, crop_pct: float = T.DEFAULT_CROP_PCT,
                 interpolation: str = "bicubic", num_epochs: int | None = None,
                 download: bool = True, num_workers: int | None = None,
-                prefetch: int = 2) -> Dataset:
+                prefetch: int = 2, frames: Mapping[str, Any] | Any | None = None) -> Dataset:
   """A per-process shard of tfds split ``name[split]`` as an iterable of numpy batches.
 
   Args:
@@ -540,27 +541,68 @@ def get_dataset(name: str, *, split: str, batch_size: int, data_dir: str | None 
       ``download_and_prepare(file_format='array_record')``.
     num_workers: threads for per-example work (decode / RRC / RandAugment).
     prefetch: batches prepared ahead on a background thread (0: synchronous).
+    frames: event data sets only (``event_fashion_mnist``, ``cifar10_dvs``): a
+      ``event_pipeline.FrameConfig`` or a mapping of its fields (``time_steps``, ``split_by``,
+      ``mode``, ``size``; ``image_size`` sets ``size``). Their batches are ``[B, T, H, W, 2]``.
   """
+  from spikejax.data import event_pipeline as EP  # pylint: disable=import-outside-toplevel
+  if name in EP.EVENT_SPECS:
+    if channels not in (None, 2):
+      raise ValueError(f"{name} frames have 2 channels (OFF, ON); got channels={channels}")
+    return _event_dataset(EP, name, split=split, batch_size=batch_size, data_dir=data_dir,
+                          train=train, seed=seed, image_size=image_size, augment=augment,
+                          process_index=process_index, process_count=process_count,
+                          num_epochs=num_epochs, download=download, num_workers=num_workers,
+                          prefetch=prefetch, frames=frames)
+  if frames is not None:
+    raise ValueError(f"frames= applies to event data sets ({sorted(EP.EVENT_SPECS)}), not "
+                     f"{name!r}")
   if name not in SPECS:
-    raise ValueError(f"unsupported dataset {name!r}; one of {sorted(SPECS)}")
-  if process_index is None or process_count is None:
-    import jax
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not train:
-    augment = None
-  elif isinstance(augment, str):
-    augment = AugmentConfig.default(name) if augment == "default" else (
-        AugmentConfig.none() if augment == "none" else None)
-    if augment is None:
-      raise ValueError("augment must be 'default', 'none', None, an AugmentConfig or a mapping")
-  elif augment is None:
-    augment = AugmentConfig.none()
-  elif isinstance(augment, Mapping):
-    augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in augment.items()})
+    raise ValueError(f"unsupported dataset {name!r}; one of {sorted(SPECS)} or "
+                     f"{sorted(EP.EVENT_SPECS)}")
+  process_index, process_count = _process(process_index, process_count)
+  augment = _augment_config(name, augment, train)
   return Dataset(name, split=split, batch_size=batch_size, data_dir=data_dir, train=train,
                  seed=seed, image_size=image_size, augment=augment,
                  process_index=process_index, process_count=process_count, channels=channels,
                  crop_pct=crop_pct, interpolation=interpolation, num_epochs=num_epochs,
                  download=download, num_workers=num_workers, prefetch=prefetch)
+
+
+def _process(process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  return process_index, process_count
+
+
+def _augment_config(name, augment, train, default=None):
+  if not train:
+    return None
+  if isinstance(augment, str):
+    if augment not in ("default", "none"):
+      raise ValueError("augment must be 'default', 'none', None, an AugmentConfig or a mapping")
+    if augment == "none":
+      return AugmentConfig.none()
+    return default(name) if default is not None else AugmentConfig.default(name)
+  if augment is None:
+    return AugmentConfig.none()
+  if isinstance(augment, Mapping):
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in augment.items()})
+  return augment
+
+
+def _event_dataset(EP, name, *, image_size, augment, frames, process_index, process_count,
+                   train, **kw):
+  if frames is None:
+    frames = EP.FrameConfig()
+  elif isinstance(frames, Mapping):
+    frames = EP.FrameConfig(**dict(frames))
+  if image_size is not None:
+    frames = dataclasses.replace(frames, size=image_size)
+  process_index, process_count = _process(process_index, process_count)
+  augment = _augment_config(name, augment, train, EP.default_augment)
+  return EP.EventDataset(name, frames=frames, augment=augment, process_index=process_index,
+                         process_count=process_count, train=train, **kw)

@@ -169,10 +169,11 @@ class TransformerBlock(nnx.Module):
     self.attn = Attention(dim, spike, num_heads=num_heads, v_ratio=v_ratio, **kw)
     self.mlp = MLP(dim, spike, mlp_ratio=mlp_ratio, **kw)
     if layer_scale is not None:
-      init = jnp.full((dim,), layer_scale, param_dtype)
-      self.layer_scale1 = nnx.Param(init)
-      self.layer_scale2 = nnx.Param(init)
-      self.layer_scale3 = nnx.Param(init)
+      # three separate buffers: one array shared by several Params would be donated twice by
+      # the jitted train step (an error on one device, memory corruption on a sharded mesh)
+      self.layer_scale1 = nnx.Param(jnp.full((dim,), layer_scale, param_dtype))
+      self.layer_scale2 = nnx.Param(jnp.full((dim,), layer_scale, param_dtype))
+      self.layer_scale3 = nnx.Param(jnp.full((dim,), layer_scale, param_dtype))
     self.has_layer_scale = layer_scale is not None
 
   def __call__(self, x):
@@ -306,12 +307,8 @@ class ESpikeFormer(nnx.Module):
         hint = " It looks like NCHW: transpose to NHWC, e.g. x.transpose(0, 2, 3, 1)."
       raise ValueError(f"expected {c.in_channels} channels on the last axis (NHWC), got shape "
                        f"{shape}.{hint}")
-    h, w = shape[-3], shape[-2]
-    if h % c.total_stride or w % c.total_stride:
-      raise ValueError(f"resolution {h}x{w} is not divisible by the total stride "
-                       f"{c.total_stride} of strides={c.strides}; use a multiple of "
-                       f"{c.total_stride} or other strides (e.g. strides=(1, 2, 2, 2, 1) for "
-                       f"28-32 px images).")
+    # Any resolution runs, as in PyTorch: each strided conv gives floor((h + 2p - k) / s) + 1
+    # rows (28 px with strides (2, 2, 2, 1, 1): 14, 7, 4, 4, 4).
 
   def _merge_time(self, x):
     T = self.spike.time_steps

@@ -22,6 +22,7 @@ class Variant:
   aliases: tuple[str, ...] = ()
   paper_size: str | None = None
   spike: dict[str, Any] = dataclasses.field(default_factory=dict)
+  num_classes: int = 1000  # the official model's head
 
 
 _SPIKE_FIELDS = {f.name for f in dataclasses.fields(SpikeConfig)}
@@ -73,6 +74,19 @@ for _n, _dims, _official, _aliases, _paper in [
                    _official, _aliases, _paper))
 
 
+# DVS model (spec §6.2, `Efficient_Spiking_Transformer_scaling_8_19M`): the base architecture on
+# 2-channel event frames, per-channel layer scales (1e-6) in every transformer block, no 1/D
+# normalisation of the spikes (D_Norm = 1), PyTorch's default head init, 300 HAR-DVS classes,
+# T = 8 frames processed independently (the official Q_IFNode is reset after every batch).
+register(Variant("espikeformer_dvs", "espikeformer", _build_espikeformer,
+                 dict(_BASE, embed_dims=(64, 128, 256, 360), in_channels=2, layer_scale=1e-6,
+                      head_init="torch"),
+                 "Efficient_Spiking_Transformer_scaling_8_19M", ("espikeformer_dvs_19m",),
+                 "18.7M", spike=dict(time_steps=8, spike_max=4, norm=1.0,
+                                     temporal="independent"),
+                 num_classes=300))
+
+
 def get_variant(name: str) -> Variant:
   if name not in VARIANTS:
     close = difflib.get_close_matches(name, VARIANTS, n=3)
@@ -88,14 +102,16 @@ def list_models(include_aliases: bool = False) -> list[str]:
   return sorted({v.name for v in VARIANTS.values()})
 
 
-def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None,
+def create_model(name: str, *, num_classes: int | None = None, rngs: nnx.Rngs | None = None,
                  **overrides) -> nnx.Module:
   """Builds a registered model as an NNX module.
 
   ``overrides`` are model options (``in_channels``, ``strides``, ``embed_dims``, ...),
   neuron options (``spike_max``, ``rounding``, ``window``, ``time_steps``, ``firing``,
-  ``temporal``, ...) or ``dtype`` / ``param_dtype``.
+  ``temporal``, ...) or ``dtype`` / ``param_dtype``. ``num_classes`` defaults to the
+  official model's (1000; 300 for ``espikeformer_dvs``).
   """
   v = get_variant(name)
+  num_classes = v.num_classes if num_classes is None else num_classes
   rngs = rngs if rngs is not None else nnx.Rngs(0)
   return v.build(v.config, v.spike, num_classes=num_classes, rngs=rngs, **overrides)
