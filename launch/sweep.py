@@ -11,6 +11,7 @@ an interrupted sweep resumes. Prints a table of the results at the end.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
@@ -53,9 +54,15 @@ def run_name(i: int, overrides: dict) -> str:
 
 
 def _parse_value(text: str):
+  """JSON (``false``, ``0.4``, ``[1, 2]``) or a Python literal (``False``, ``(2, 1)``), else the
+  string itself."""
   try:
     return json.loads(text)
   except json.JSONDecodeError:
+    pass
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
     return text
 
 

@@ -115,6 +115,11 @@ def test_sweep_lists_runs_and_applies_overrides():
   with pytest.raises(SystemExit, match="not a field"):
     sweep.apply_overrides(config, {"spike.nope": 1})
   assert sweep.main(["--config=configs/fashion_mnist.py", "--workdir=/tmp/x", "--dry_run"]) == 0
+  # --set values: JSON or Python literals (False, tuples), else strings
+  assert [sweep._parse_value(v) for v in ("False", "false", "0.4", "(2, 1)", "adamw")] == \
+      [False, False, 0.4, (2, 1), "adamw"]
+  sweep.apply_overrides(config, {"progress_bar": sweep._parse_value("False")})
+  assert config.progress_bar is False
 
 
 @pytest.mark.parametrize("arg", ["s,runlocal", "l,d8,runlocal"])

@@ -13,7 +13,6 @@ or 0/1), ``label`` int32 ``[B]``, train ``target`` (one-hot, optionally smoothed
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -96,13 +95,7 @@ class EventDataset(P.Dataset):
     import os
     if name not in EVENT_SPECS:
       raise ValueError(f"unsupported event dataset {name!r}; one of {sorted(EVENT_SPECS)}")
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if batch_size % process_count:
-      raise ValueError(f"global batch_size {batch_size} is not divisible by process_count "
-                       f"{process_count}")
-    if seed < 0:
-      raise ValueError("seed must be >= 0")
+    P.check_sharding(batch_size, seed, process_index, process_count)
     spec = EVENT_SPECS[name]
     self.name, self.split, self.train, self.seed = name, split, train, int(seed)
     self.batch_size, self.local_batch_size = batch_size, batch_size // process_count
@@ -131,18 +124,7 @@ class EventDataset(P.Dataset):
       raise ValueError(f"{name} in {builder.data_dir} has no random access; prepare it with "
                        "file_format='array_record'")
     self._source = source
-    n = len(source)
-    self.num_examples = n
-    start, end = process_index * n // process_count, (process_index + 1) * n // process_count
-    self.shard = (start, end)
-    self.num_local_examples = end - start
-    if train:
-      self.steps_per_epoch = (n // process_count) // self.local_batch_size
-      if self.steps_per_epoch == 0:
-        raise ValueError(f"{name}[{split}]: {n // process_count} examples per process is less "
-                         f"than one local batch of {self.local_batch_size}")
-    else:
-      self.steps_per_epoch = math.ceil(math.ceil(n / process_count) / self.local_batch_size)
+    self._set_shard(len(source))
 
   def _frames(self, record: Mapping[str, Any], index: int, epoch: int) -> np.ndarray:
     from spikejax.data import events as E  # pylint: disable=import-outside-toplevel

@@ -214,6 +214,16 @@ def _load_arrays(builder, source, name: str, split: str, start: int,
 # --------------------------------------------------------------------------- the dataset
 
 
+def check_sharding(batch_size: int, seed: int, process_index: int, process_count: int) -> None:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  if batch_size % process_count:
+    raise ValueError(f"global batch_size {batch_size} is not divisible by process_count "
+                     f"{process_count}")
+  if seed < 0:
+    raise ValueError("seed must be >= 0")
+
+
 def _rng(*key: int) -> np.random.Generator:
   return np.random.default_rng([int(k) for k in key])
 
@@ -242,13 +252,7 @@ class Dataset:
                num_workers: int | None, prefetch: int):
     if name not in SPECS:
       raise ValueError(f"unsupported dataset {name!r}; one of {sorted(SPECS)}")
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if batch_size % process_count:
-      raise ValueError(f"global batch_size {batch_size} is not divisible by process_count "
-                       f"{process_count}")
-    if seed < 0:
-      raise ValueError("seed must be >= 0")
+    check_sharding(batch_size, seed, process_index, process_count)
     self.spec = spec = SPECS[name]
     self.name, self.split, self.train, self.seed = name, split, train, int(seed)
     self.batch_size = batch_size
@@ -279,20 +283,24 @@ class Dataset:
           "--file_format=array_record`)")
     self._source = source
     n = _split_size(builder, source, split)
-    self.num_examples = n
-    start, end = process_index * n // process_count, (process_index + 1) * n // process_count
-    self.shard = (start, end)
-    self.num_local_examples = end - start
+    self._set_shard(n)
     if spec.in_memory:
-      self._images, self._labels = _load_arrays(builder, source, name, split, start, end)
-    if train:
-      self.steps_per_epoch = (n // process_count) // self.local_batch_size
+      self._images, self._labels = _load_arrays(builder, source, name, split, *self.shard)
+    self._perm_cache: tuple[int, np.ndarray] | None = None
+
+  def _set_shard(self, n: int) -> None:
+    """This process's contiguous shard of the ``n`` examples and the steps per epoch."""
+    p, count = self.process_index, self.process_count
+    self.num_examples = n
+    self.shard = (p * n // count, (p + 1) * n // count)
+    self.num_local_examples = self.shard[1] - self.shard[0]
+    if self.train:
+      self.steps_per_epoch = (n // count) // self.local_batch_size
       if self.steps_per_epoch == 0:
-        raise ValueError(f"{name}[{split}]: {n // process_count} examples per process is less "
+        raise ValueError(f"{self.name}[{self.split}]: {n // count} examples per process is less "
                          f"than one local batch of {self.local_batch_size}")
     else:
-      self.steps_per_epoch = math.ceil(math.ceil(n / process_count) / self.local_batch_size)
-    self._perm_cache: tuple[int, np.ndarray] | None = None
+      self.steps_per_epoch = math.ceil(math.ceil(n / count) / self.local_batch_size)
 
   def __len__(self) -> int:
     return self.steps_per_epoch
