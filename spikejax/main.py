@@ -2,7 +2,8 @@
 
 Overrides: ``--config.key=value`` (ml_collections config_flags). Resumes automatically from
 the newest readable checkpoint in ``DIR/checkpoints``. Multi-host: pass
-``--coordinator_address``/``--num_processes``/``--process_id`` (or rely on the TPU environment).
+``--coordinator_address``/``--num_processes``/``--process_id``, or ``--distributed`` where the
+cluster provides them (Cloud TPU pods: ``launch/tpu_pod.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the
 flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with the settings "
+                  "the cluster provides (Cloud TPU pods, SLURM); see launch/tpu_pod.py.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -30,6 +33,8 @@ def main(argv):
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   from spikejax.train import trainer
