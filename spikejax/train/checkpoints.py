@@ -137,8 +137,11 @@ class TrainCheckpointer:
     if step in self.manager.all_steps():
       return
     meta = {"step": int(step), "best": best}
+    # Private copies: the save is asynchronous and the next train step donates (frees) the
+    # live arrays; on CPU a host "transfer" can be a view of that device buffer.
+    tree = _own_buffers(self._tree(model, optimizer, ema))
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(self._tree(model, optimizer, ema)),
+        state=ocp.args.StandardSave(tree),
         meta=ocp.args.JsonSave(meta)), force=force)
 
   def wait(self) -> None:
