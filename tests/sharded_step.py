@@ -18,6 +18,15 @@ def fixed_batch(batch=16, size=16, classes=10):
   return {"image": image, "label": label, "target": target}
 
 
+def optimizer_config():
+  """AdamW (lr 1e-3, clip 1.0, no warmup) as ``trainer.build_optimizer`` reads it."""
+  import ml_collections
+  return ml_collections.ConfigDict(dict(
+      optimizer=dict(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
+                     grad_clip_norm=1.0, layer_decay=1.0),
+      warmup_epochs=0.0, min_lr=1e-5))
+
+
 def run(mesh_data: int, mesh_fsdp: int, steps: int = 3):
   """Returns (losses, params after ``steps`` AdamW steps, gradients of the first step)."""
   import jax
@@ -28,10 +37,7 @@ def run(mesh_data: int, mesh_fsdp: int, steps: int = 3):
 
   cfg = ml_collections.ConfigDict({"data": mesh_data, "fsdp": mesh_fsdp})
   mesh = sharding.make_mesh(cfg)
-  config = ml_collections.ConfigDict(dict(
-      optimizer=dict(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
-                     grad_clip_norm=1.0, layer_decay=1.0),
-      warmup_epochs=0.0, min_lr=1e-5))
+  config = optimizer_config()
   with jax.set_mesh(mesh):
     model = create_model("espikeformer_t", num_classes=10, rngs=nnx.Rngs(0),
                          embed_dims=(8, 16, 16, 16), block_depths=(1, 1),

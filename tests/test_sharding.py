@@ -94,10 +94,7 @@ def _compiled_memory(mesh_data, mesh_fsdp, batch=16):
   from spikejax.models import create_model
   from spikejax.train import trainer
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": mesh_data, "fsdp": mesh_fsdp}))
-  config = ml_collections.ConfigDict(dict(
-      optimizer=dict(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
-                     grad_clip_norm=1.0, layer_decay=1.0),
-      warmup_epochs=0.0, min_lr=1e-5))
+  config = sharded_step.optimizer_config()
   with jax.set_mesh(mesh):
     model = create_model("espikeformer_t", num_classes=10, rngs=nnx.Rngs(0),
                          block_depths=(1, 1), strides=(2, 2, 2, 1, 1))

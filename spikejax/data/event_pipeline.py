@@ -156,13 +156,7 @@ class EventDataset(P.Dataset):
       x = self._augment(x, rng)
       target = A.smooth_labels(labels, self.num_classes, self.augment.label_smoothing)
       return {"image": x, "label": labels, "target": target}
-    b = self.local_batch_size
-    mask = np.zeros((b,), np.float32)
-    mask[:valid] = 1.0
-    if valid < b:
-      x = np.concatenate([x, np.zeros((b - valid,) + x.shape[1:], np.float32)])
-      labels = np.concatenate([labels, np.zeros((b - valid,), np.int32)])
-    return {"image": x, "label": labels, "mask": mask}
+    return P.eval_batch(x, labels, valid, self.local_batch_size)
 
   def _augment(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The same flip and shift for all T frames of an example (zeros shifted in)."""

@@ -455,13 +455,17 @@ class Dataset:
       else:
         target = A.smooth_labels(labels, self.num_classes, aug.label_smoothing)
       return {"image": x, "label": labels, "target": target}
-    b = self.local_batch_size
-    mask = np.zeros((b,), np.float32)
-    mask[:valid] = 1.0
-    if valid < b:
-      x = np.concatenate([x, np.zeros((b - valid,) + x.shape[1:], np.float32)])
-      labels = np.concatenate([labels, np.zeros((b - valid,), np.int32)])
-    return {"image": x, "label": labels, "mask": mask}
+    return eval_batch(x, labels, valid, self.local_batch_size)
+
+
+def eval_batch(x: np.ndarray, labels: np.ndarray, valid: int, b: int) -> Batch:
+  """An eval batch zero-padded to ``b`` rows, with ``mask`` 1 for the ``valid`` real ones."""
+  mask = np.zeros((b,), np.float32)
+  mask[:valid] = 1.0
+  if valid < b:
+    x = np.concatenate([x, np.zeros((b - valid,) + x.shape[1:], np.float32)])
+    labels = np.concatenate([labels, np.zeros((b - valid,), np.int32)])
+  return {"image": x, "label": labels, "mask": mask}
 
 
 # --------------------------------------------------------------------------- prefetch
