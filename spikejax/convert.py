@@ -6,6 +6,10 @@ conv OIHW -> HWIO (depthwise ``(C,1,k,k)`` -> ``(k,k,1,C)``), Conv1d ``(out,in,1
 ``(out,in,1,1)`` / Linear ``(out,in)`` -> ``(in,out)``, BN weight -> ``scale``,
 ``running_mean/var`` -> ``mean/var``. ``num_batches_tracked`` is accepted and ignored.
 
+LARGE models (spec §9.2): the conv-stage units sit in spikingjelly's ``SeqToANNContainer``
+(``ConvBlock1_1.0.conv1.0.0.weight`` <-> ``conv_block1_1/0/conv1/conv/kernel``); checkpoints of
+older spikingjelly releases spell it ``...conv1.0.module.0.weight`` and are accepted too.
+
 Command line::
 
     python -m spikejax.convert official.pth|.npz --model NAME [--num-classes N] --out DIR
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any, Mapping
 
@@ -24,7 +29,8 @@ from flax import nnx
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
          "var": "running_var"}
 # Modules whose children `conv` / `bn` are an official nn.Sequential(conv, bn) -> `0` / `1`.
-_CONV_BN = {"pwconv1", "pwconv2", "dwconv", "q_conv", "k_conv", "v_conv", "proj_conv"}
+_CONV_BN = {"pwconv1", "pwconv2", "dwconv", "q_conv", "k_conv", "v_conv", "proj_conv",
+            "conv1", "conv2"}  # conv1/conv2: LARGE RepConv, RepConv2 and ConvBlock units
 _TOP = {"conv_block1_1": "ConvBlock1_1", "conv_block1_2": "ConvBlock1_2",
         "conv_block2_1": "ConvBlock2_1", "conv_block2_2": "ConvBlock2_2"}
 
@@ -39,7 +45,10 @@ def to_official_key(path: tuple) -> str:
     elif i == 0:
       out.append(_TOP.get(p, p))
     elif p in ("conv", "bn") and i > 0 and parts[i - 1] in _CONV_BN:
-      out.append("0" if p == "conv" else "1")
+      idx = "0" if p == "conv" else "1"
+      if parts[0].startswith("conv_block") and parts[i - 1] in ("conv1", "conv2"):
+        idx = "0." + idx  # LARGE ConvBlock: nn.Sequential(SeqToANNContainer(conv, bn))
+      out.append(idx)
     elif p == "sep_conv":
       out.append("Conv" if parts[0].startswith("conv_block") else "conv")
     else:
@@ -120,8 +129,15 @@ def export_state_dict(tree_or_model, official_shapes: Mapping[str, tuple] | None
   return out
 
 
+# Older spikingjelly SeqToANNContainer keeps its layers under `.module.` (spec §9.2).
+_OLD_SEQ_TO_ANN = re.compile(r"\.module\.(?=\d)")
+
+
 def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Strips wrappers and prefixes (``model``/``state_dict`` entries, ``module.``, ``state_dict/``)."""
+  """Strips wrappers and prefixes (``model``/``state_dict`` entries, ``module.``, ``state_dict/``).
+
+  Also maps the old spikingjelly spelling ``...conv1.0.module.0.weight`` to ``...conv1.0.0.weight``.
+  """
   sd = state_dict
   for wrapper in ("model", "state_dict", "model_ema"):
     if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
@@ -129,9 +145,13 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
       break
   out = {}
   for k, v in sd.items():
+    orig = k
     for prefix in ("state_dict/", "module."):
       if k.startswith(prefix):
         k = k[len(prefix):]
+    k = _OLD_SEQ_TO_ANN.sub(".", k)
+    if k in out:
+      raise ValueError(f"the state_dict holds {orig!r} and another spelling of {k!r}.")
     if hasattr(v, "detach"):
       v = v.detach().cpu().numpy()
     out[k] = np.asarray(v)

@@ -2,6 +2,8 @@
 
 from spikejax.models.layers import BatchNorm, SpikeConfig, SpikeNeuron
 from spikejax.models.espikeformer import ESpikeFormer, ESpikeFormerConfig, STAGES
+from spikejax.models.spikformer import (LARGE_STAGES, Spikformer, SpikformerConfig,
+                                        SpikformerEncoder, upsample_mask)
 from spikejax.models.registry import VARIANTS, create_model, get_variant, list_models
 
 

@@ -203,6 +203,65 @@ class TrainCheckpointer:
     return 0
 
 
+def read_model_values(path: str) -> dict[str, Any]:
+  """The model variables stored at ``path`` as ``{"a/b/kernel": array}``: a training workdir
+  (its newest readable checkpoint) or a model directory (``model.json``)."""
+  path = os.path.abspath(path)
+  if os.path.exists(os.path.join(path, MODEL_JSON)):
+    model = load_model(path)
+    return {"/".join(str(p) for p in k): v.get_value()
+            for k, v in nnx.to_flat_state(_model_vars(model))}
+  ckpt_dir = os.path.join(path, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(
+        f"{path} is neither a model directory (with {MODEL_JSON}) nor a training workdir (with "
+        f"checkpoints/); pass the --workdir of a spikejax.main run.")
+  _, restored = TrainCheckpointer(ckpt_dir, async_save=False).restore_arrays()
+  return dict(restored["model"])
+
+
+def transfer_weights(values: dict[str, Any], model) -> dict[str, list[str]]:
+  """Loads every parameter and BN statistic of ``model`` found in ``values`` (same name),
+  like PyTorch's ``load_state_dict(strict=False)``: MIM -> finetuning keeps the encoder and
+  its BN statistics, drops the decoder, ``norm``, ``pos_embed``, ``mask_token``, and leaves
+  the layer scales and heads at their fresh init (spec §4.2 "Weight transfer").
+
+  A name found with another shape is an error (PyTorch raises too, spec §8 trap 6); nothing
+  is loaded then. Returns ``{"loaded", "fresh", "dropped"}`` name lists.
+  """
+  flat = nnx.to_flat_state(_model_vars(model))
+  loaded, fresh, wrong = [], [], []
+  for path, var in flat:
+    key = "/".join(str(p) for p in path)
+    if key not in values:
+      fresh.append(key)
+      continue
+    if tuple(np.shape(values[key])) != tuple(var.get_value().shape):
+      wrong.append(f"{key}: checkpoint {tuple(np.shape(values[key]))} vs model "
+                   f"{tuple(var.get_value().shape)}")
+      continue
+    loaded.append(key)
+  if wrong:
+    hint = ""
+    if any(k.startswith(("downsample1_1", "conv_block1_1", "downsample1_2")) for k in wrong):
+      hint = (" The official spikmae_12_768 has first-stage width 192 but spikformer12_768 has "
+              "196 (spec §8 trap 6): build the finetuning model with "
+              "model.embed_dims=(192, 384, 768).")
+    raise ValueError(f"{len(wrong)} arrays have other shapes than the model's, e.g. "
+                     f"{'; '.join(wrong[:3])}. Nothing was loaded.{hint}")
+  if not loaded:
+    raise ValueError("no parameter of the model was found in the checkpoint (different model "
+                     "family?); nothing was loaded.")
+  for path, var in flat:
+    key = "/".join(str(p) for p in path)
+    if key in values:
+      var.set_value(jax.numpy.asarray(values[key], dtype=var.get_value().dtype))
+  nnx.update(model, nnx.from_flat_state(flat))
+  model_keys = set(loaded) | set(fresh)
+  dropped = [k for k in values if k not in model_keys]
+  return {"loaded": loaded, "fresh": fresh, "dropped": dropped}
+
+
 def load_trained(path: str, *, use_ema: bool = False, **overrides):
   """A trained model from a model directory (``model.json``) or a training workdir.
 

@@ -92,6 +92,30 @@ def validate(config, num_devices: int) -> None:
                       "real timesteps); set both to the same T.")
   if config.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}.")
+  task = config.get("task") or "classify"
+  family = get_variant(config.model_name).family
+  if task not in ("classify", "mim"):
+    raise ConfigError(f"task must be 'classify' or 'mim' (masked-image-modelling "
+                      f"pretraining), got {task!r}.")
+  if (task == "mim") != (family == "spikmae"):
+    raise ConfigError(
+        f"task={task!r} does not fit model {config.model_name!r} (family {family!r}): MIM "
+        f"pretraining needs a spikmae_* model, classification any other model.")
+  init_from = config.get("init_from")
+  if init_from and not os.path.exists(init_from):
+    raise ConfigError(f"init_from={init_from!r} does not exist: give the workdir of a "
+                      f"pretraining run (or a model directory from spikejax.convert).")
+  distill = config.get("distill")
+  teacher = distill.get("teacher") if distill else None
+  if teacher:
+    if not os.path.exists(teacher):
+      raise ConfigError(f"distill.teacher={teacher!r} does not exist: give a training workdir "
+                        f"or a model directory.")
+    if not config.model.get("kd", family == "spikformer") or family != "spikformer":
+      raise ConfigError(f"distillation needs a model with a distillation head (a spikformer* "
+                        f"model with model.kd=True); {config.model_name!r} has none.")
+    if not 0.0 <= distill.get("alpha", 0.5) <= 1.0:
+      raise ConfigError(f"distill.alpha must be in [0, 1], got {distill.get('alpha')}.")
 
 
 def build_optimizer(config, model, total_steps: int, steps_per_epoch: int):
@@ -102,14 +126,19 @@ def build_optimizer(config, model, total_steps: int, steps_per_epoch: int):
   params = nnx.state(model, nnx.Param)
   lr_scale = None
   if oc.layer_decay != 1.0:
-    layer_id = lambda p: optim.espikeformer_layer_id(
-        p, block_depths=tuple(model.config.block_depths))
-    lr_scale = optim.layer_decay_scales(
-        params, optim.espikeformer_num_layers(tuple(model.config.block_depths)),
-        oc.layer_decay, layer_id)
+    if hasattr(model.config, "block_depths"):   # E-SpikeFormer
+      depths = tuple(model.config.block_depths)
+      layer_id = lambda p: optim.espikeformer_layer_id(p, block_depths=depths)
+      num_layers = optim.espikeformer_num_layers(depths)
+    else:  # LARGE (spec §4.3): conv stages 0, block3.i -> i + 1, heads depth + 1
+      num_layers = model.config.depth + 1
+      layer_id = lambda p: optim.large_layer_id(p, num_layers=num_layers)
+    lr_scale = optim.layer_decay_scales(params, num_layers, oc.layer_decay, layer_id)
   if oc.name == "adamw":
+    # ``decay_all``: weight decay on every tensor (the MIM recipe, spec §4.2 / §8 trap 7)
+    mask = None if oc.get("decay_all", False) else optim.weight_decay_mask
     tx = optim.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay,
-                     max_grad_norm=oc.grad_clip_norm or None, lr_scale=lr_scale)
+                     mask=mask, max_grad_norm=oc.grad_clip_norm or None, lr_scale=lr_scale)
   else:
     tx = optim.lamb_timm(schedule, weight_decay=oc.weight_decay,
                          weight_decay_mask=optim.weight_decay_mask, lr_scale=lr_scale,
@@ -126,7 +155,8 @@ def make_eval_step():
   """The jitted eval step (built once per process, so compilations are reused)."""
 
   @nnx.jit
-  def eval_step(model, batch):
+  def eval_step(model, batch, index):
+    del index  # (the MIM eval step draws its masks from it)
     # spiking layers with ``record=True`` sow their count histograms (analysis.firing)
     x = model_input(batch["image"])  # event frames: (B, T, ...) -> time-major
     logits, inter = nnx.capture(model, nnx.Intermediate)(x)
@@ -141,12 +171,52 @@ def make_eval_step():
   return eval_step
 
 
-def _functional_train_step(graphdef, state, batch):
+def _classify_loss(out, batch, teacher_logits=None, alpha: float = 0.5):
+  """Soft-target CE; with a distillation head (``out = (logits, logits_kd)``, spec §4.1/§4.3)
+  ``(1 - alpha) * CE(head) + alpha * CE(head_kd, hard target)``: the hard target is the
+  teacher's argmax on the (mixed) input, or the label when no teacher is given."""
+  if not isinstance(out, tuple):
+    return jnp.mean(_soft_ce(out, batch["target"])), out
+  logits, logits_kd = out
+  if teacher_logits is None:
+    kd_target = batch["target"]
+  else:
+    kd_target = jax.nn.one_hot(jnp.argmax(teacher_logits, -1), logits_kd.shape[-1])
+  loss = (1 - alpha) * jnp.mean(_soft_ce(logits, batch["target"])) + \
+      alpha * jnp.mean(_soft_ce(logits_kd, kd_target))
+  return loss, (logits + logits_kd) / 2
+
+
+@functools.lru_cache(maxsize=None)
+def make_mim_eval_step(seed: int = 0):
+  """The jitted MIM eval step: reconstruction loss on masked patches, with masks drawn from a
+  fixed key per batch index (the same masks at every evaluation)."""
+
+  @nnx.jit
+  def eval_step(model, batch, index):
+    from spikejax.models.mim import mim_loss
+    x = model_input(batch["image"])
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    active, ids_restore = model.random_mask(x.shape[-4] if x.ndim == 4 else x.shape[1], key)
+    pred = model.forward_decoder(model.forward_encoder(x, active), ids_restore)
+    images = x if x.ndim == 4 else jnp.mean(x, axis=0)
+    mask = batch["mask"]
+    loss = mim_loss(pred, images, active, model.patch, weights=mask)
+    return {"loss_sum": loss * jnp.sum(mask), "count": jnp.sum(mask)}
+
+  return eval_step
+
+
+def _functional_train_step(graphdef, state, batch, teacher_graphdef=None, teacher_state=None,
+                           alpha=0.5):
   model, optimizer = nnx.merge(graphdef, state)
+  x = model_input(batch["image"])
+  teacher_logits = None
+  if teacher_graphdef is not None:  # a model in eval mode; no gradient
+    teacher_logits = jax.lax.stop_gradient(nnx.merge(teacher_graphdef, teacher_state)(x))
 
   def loss_fn(m):
-    logits = m(model_input(batch["image"]))
-    return jnp.mean(_soft_ce(logits, batch["target"])), logits
+    return _classify_loss(m(x), batch, teacher_logits, alpha)
 
   (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)
@@ -155,7 +225,22 @@ def _functional_train_step(graphdef, state, batch):
   return nnx.state((model, optimizer)), metrics
 
 
+def _functional_mim_step(graphdef, state, batch):
+  """One MIM pretraining step (spec §4.2): the mask comes from the model's own rng stream."""
+  model, optimizer = nnx.merge(graphdef, state)
+
+  def loss_fn(m):
+    return m(model_input(batch["image"]))[0]
+
+  loss, grads = nnx.value_and_grad(loss_fn)(model)
+  optimizer.update(model, grads)
+  return nnx.state((model, optimizer)), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
 _jitted_functional_step = jax.jit(_functional_train_step, static_argnums=0, donate_argnums=1)
+_jitted_distill_step = jax.jit(_functional_train_step, static_argnums=(0, 3, 5),
+                               donate_argnums=1)
+_jitted_mim_step = jax.jit(_functional_mim_step, static_argnums=0, donate_argnums=1)
 
 
 def unalias(tree):
@@ -186,13 +271,26 @@ class SplitTrainer:
   live objects hold are donated to the next step, so read them only right after a ``sync()``.
   """
 
-  def __init__(self, model, optimizer):
+  def __init__(self, model, optimizer, *, task: str = "classify", teacher=None,
+               distill_alpha: float = 0.5):
     self.model, self.optimizer = model, optimizer
     self.graphdef, state = nnx.split((model, optimizer))
     self.state = unalias(state)
+    self.task = task
+    self.teacher = None
+    self.distill_alpha = float(distill_alpha)
+    if teacher is not None:
+      teacher.eval()
+      self.teacher = nnx.split(teacher)
 
   def step(self, batch):
-    self.state, metrics = _jitted_functional_step(self.graphdef, self.state, batch)
+    if self.task == "mim":
+      self.state, metrics = _jitted_mim_step(self.graphdef, self.state, batch)
+    elif self.teacher is not None:
+      self.state, metrics = _jitted_distill_step(self.graphdef, self.state, batch,
+                                                 *self.teacher, self.distill_alpha)
+    else:
+      self.state, metrics = _jitted_functional_step(self.graphdef, self.state, batch)
     return metrics
 
   def sync(self) -> None:
@@ -239,24 +337,26 @@ def evaluate(model, eval_step, ds, mesh, max_steps=None, *, firing: bool = False
   model.eval()
   for sn in neurons:
     sn.record = firing
-  totals = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
+  totals: dict[str, float] = {}
   hists: dict[str, np.ndarray] = {}
   try:
     for i, batch in enumerate(ds):
       if max_steps is not None and i >= max_steps:
         break
-      out = jax.device_get(eval_step(model, sharding_lib.shard_batch(batch, mesh)))
-      for k in totals:
-        totals[k] += float(out[k])
-      for k, v in out["firing"].items():
+      out = jax.device_get(eval_step(model, sharding_lib.shard_batch(batch, mesh),
+                                     jnp.asarray(i, jnp.int32)))
+      for k, v in out.items():
+        if k != "firing":
+          totals[k] = totals.get(k, 0.0) + float(v)
+      for k, v in out.get("firing", {}).items():
         hists[k] = hists.get(k, 0) + np.asarray(v, np.float64)
   finally:
     for sn in neurons:
       sn.record = False
     model.train()
-  n = max(totals["count"], 1.0)
-  res = {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n,
-         "examples": int(totals["count"])}
+  n = max(totals.get("count", 0.0), 1.0)
+  res = {"accuracy": totals["correct"] / n if "correct" in totals else None,
+         "loss": totals.get("loss_sum", 0.0) / n, "examples": int(totals.get("count", 0))}
   if firing:
     res["firing"] = hists
   return res
@@ -271,6 +371,12 @@ def _firing_summary(hists: dict[str, np.ndarray]) -> tuple[dict[str, float], dic
   for i, v in enumerate(stats.nsfr_curve(), 1):
     scalars[f"eval/nsfr_{i}"] = float(v)
   return scalars, {k: v.as_dict() for k, v in stats.layers.items()}
+
+
+def _brief(names, n: int = 4) -> str:
+  names = sorted(names)
+  return "none" if not names else ", ".join(names[:n]) + (f" (+{len(names) - n})"
+                                                          if len(names) > n else "")
 
 
 def _plain(value):
@@ -309,25 +415,46 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
   kw = model_kwargs(config)
-  with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+  task = config.get("task") or "classify"
+  if task == "mim" and "img_size" not in kw:
+    kw["img_size"] = tuple(train_ds.image_shape[-3:-1])
+  manager = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=config.keep_checkpoints)
+  resuming = bool(manager.manager.all_steps())
+  init_values = None
+  if config.get("init_from") and not resuming:  # read (and check) before building anything big
+    init_values = ckpt_lib.read_model_values(config.init_from)
+  teacher = None
+  if task == "classify" and config.get("distill") and config.distill.get("teacher"):
+    teacher, _ = ckpt_lib.load_trained(config.distill.teacher)
+  with jax.set_mesh(mesh):
     model = create_model(config.model_name, num_classes=train_ds.num_classes,
                          rngs=nnx.Rngs(config.seed), dtype=dtype, **kw)
     model.check_input(model_input(np.zeros((1,) + tuple(train_ds.image_shape), np.float32)))
+    if init_values is not None:
+      report = ckpt_lib.transfer_weights(init_values, model)
+      if is_main:
+        log.info("initialised from %s: %d arrays loaded; dropped %s; kept fresh %s",
+                 config.init_from, len(report["loaded"]), _brief(report["dropped"]),
+                 _brief(report["fresh"]))
     optimizer, schedule = build_optimizer(config, model, total_steps, steps_per_epoch)
     sharding_lib.shard_model_and_optimizer(model, optimizer, mesh)
+    if teacher is not None:
+      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      nnx.update(teacher, jax.device_put(nnx.state(teacher), replicated))
   model.train()
   ema = optim.EMA(model, config.ema_decay) if config.ema_decay else None
 
-  manager = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
-                                       keep=config.keep_checkpoints)
   start_step = manager.restore_latest(model, optimizer, ema)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   if is_main:
     log.info("model %s: %d parameters; %d steps (%d per epoch); devices %d; resume at %d",
              config.model_name, count_params(model), total_steps, steps_per_epoch, num_devices,
              start_step)
-  eval_step = make_eval_step()
-  runner = SplitTrainer(model, optimizer)
+  eval_step = make_mim_eval_step(config.seed) if task == "mim" else make_eval_step()
+  distill = config.get("distill")
+  runner = SplitTrainer(model, optimizer, task=task, teacher=teacher,
+                        distill_alpha=distill.get("alpha", 0.5) if distill else 0.5)
   best = manager.read_best()
   summary: dict[str, Any] = {}
   step = start_step
@@ -372,13 +499,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           or end_of_epoch and (step == total_steps or stopped_by):
         runner.sync()
         res = evaluate(model, eval_step, eval_ds, mesh, config.get("max_eval_steps"),
-                       firing=bool(config.get("firing_stats")))
+                       firing=bool(config.get("firing_stats")) and task == "classify")
         epoch = step / steps_per_epoch
         row = {"epoch": round(epoch, 3), "step": step,
                "time_min": round((time.time() - t_start) / 60, 2),
                "test_accuracy": res["accuracy"], "test_loss": res["loss"]}
         scalars = {"eval/accuracy": res["accuracy"], "eval/loss": res["loss"],
                    "eval/epoch": epoch, "eval/time_min": row["time_min"]}
+        if task == "mim":  # reconstruction loss on masked patches; no accuracy
+          del row["test_accuracy"], scalars["eval/accuracy"]
         if "firing" in res:   # per-layer firing of this evaluation -> firing.json
           fire_scalars, fire_layers = _firing_summary(res["firing"])
           scalars.update(fire_scalars)
@@ -389,14 +518,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if ema is not None:  # the EMA weights are evaluated too (spec §6.3)
           with ema.swapped_into(model):
             res_ema = evaluate(model, eval_step, eval_ds, mesh, config.get("max_eval_steps"))
-          row["test_accuracy_ema"] = res_ema["accuracy"]
-          scalars["eval/accuracy_ema"] = res_ema["accuracy"]
+          if task == "mim":
+            row["test_loss_ema"] = scalars["eval/loss_ema"] = res_ema["loss"]
+          else:
+            row["test_accuracy_ema"] = scalars["eval/accuracy_ema"] = res_ema["accuracy"]
         history.append(row)
         writer.write(step, scalars)
-        bar.write(f"epoch {epoch:.2f} step {step}: test accuracy {res['accuracy']:.4f} "
-                  f"loss {res['loss']:.4f} ({row['time_min']:.1f} min)")
-        if best is None or res["accuracy"] > best["accuracy"]:
-          best = {"accuracy": res["accuracy"], "step": step, "epoch": epoch}
+        if task == "mim":
+          bar.write(f"epoch {epoch:.2f} step {step}: test reconstruction loss "
+                    f"{res['loss']:.4f} ({row['time_min']:.1f} min)")
+          if best is None or res["loss"] < best["loss"]:
+            best = {"accuracy": None, "loss": res["loss"], "step": step, "epoch": epoch}
+        else:
+          bar.write(f"epoch {epoch:.2f} step {step}: test accuracy {res['accuracy']:.4f} "
+                    f"loss {res['loss']:.4f} ({row['time_min']:.1f} min)")
+          if best is None or res["accuracy"] > best["accuracy"]:
+            best = {"accuracy": res["accuracy"], "step": step, "epoch": epoch}
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stopped_by \
           or stop.received:
         runner.sync()
@@ -414,6 +551,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   summary = {"workdir": workdir, "step": step, "total_steps": total_steps,
              "best_accuracy": best["accuracy"] if best else None,
              "best_step": best["step"] if best else None,
+             "best_loss": best.get("loss") if best else None,
              "checkpoint": manager.latest_path(), "minutes": round(elapsed / 60, 2),
              "stopped_by": stopped_by, "history": history}
   if is_main:
