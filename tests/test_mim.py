@@ -228,3 +228,31 @@ def test_pretrain_resume_exact_then_finetune_and_distill(tmp_path):
   wrong.task = "classify"
   with pytest.raises(trainer.ConfigError, match="spikmae"):
     trainer.validate(wrong, jax.device_count())
+
+
+def test_imagenet_large_recipes(tmp_path):
+  """The 83M/173M recipes as specified, and their runlocal modes end to end on mock ImageNet:
+  MIM pretraining (fsdp 2 x data 4), then finetuning initialised from it."""
+  import tensorflow_datasets as tfds
+  from configs import imagenet_large, imagenet_mim
+  from spikejax.train import trainer
+  pre = imagenet_mim.get_config("768")
+  assert pre.model_name == "spikmae_12_768" and pre.batch_size == 2048
+  assert abs(pre.optimizer.lr - 1.2e-3) < 1e-12 and pre.optimizer.eps == 1e-4
+  assert pre.optimizer.b2 == 0.95 and pre.optimizer.decay_all and pre.model.mask_ratio == 0.5
+  ft = imagenet_large.get_config("finetune")
+  assert ft.model_name == "spikformer12_768" and ft.optimizer.name == "lamb"
+  assert abs(ft.optimizer.lr - 2.4e-3) < 1e-12 and ft.optimizer.layer_decay == 0.75
+  assert tuple(ft.model.embed_dims) == (192, 384, 768) and ft.augment.mixup == 0.8
+  kd = imagenet_large.get_config("distill")
+  assert kd.model_name == "spikformer12_512" and kd.model.kd and kd.batch_size == 1568
+  assert abs(kd.optimizer.lr - 6.125e-3) < 1e-12 and kd.augment.mixup == 0.5
+
+  wd_pre, wd_ft = str(tmp_path / "pre"), str(tmp_path / "ft")
+  with tfds.testing.mock_data(num_examples=48):
+    s = trainer.train_and_evaluate(imagenet_mim.get_config("768,runlocal"), wd_pre)
+    assert s["step"] == 2 and np.isfinite(s["best_loss"])
+    c = imagenet_large.get_config("finetune,runlocal")
+    c.init_from = wd_pre
+    s = trainer.train_and_evaluate(c, wd_ft)
+  assert s["step"] == 2 and s["best_accuracy"] is not None
