@@ -256,3 +256,40 @@ def test_imagenet_large_recipes(tmp_path):
     c.init_from = wd_pre
     s = trainer.train_and_evaluate(c, wd_ft)
   assert s["step"] == 2 and s["best_accuracy"] is not None
+
+
+@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get install -y dataset-fashion-mnist")
+def test_multihost_pretraining_checkpoint_then_single_process_resume(tmp_path):
+  """Two processes on 127.0.0.1 (2 CPU devices each) pretrain 2 steps and checkpoint; one
+  process (4 devices) resumes from that checkpoint and finishes."""
+  import json
+  import socket
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  wd = str(tmp_path / "wd")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  base = [sys.executable, "-m", "spikejax.main", "--config=configs/mim_fashion_mnist.py:"
+          "pretrain,runlocal", f"--workdir={wd}", "--config.max_train_steps=4"]
+
+  def env(devices):
+    e = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return e
+
+  procs = [subprocess.Popen(base + ["--config.stop_after_steps=2",
+                                    f"--coordinator_address=127.0.0.1:{port}",
+                                    "--num_processes=2", f"--process_id={i}"],
+                            cwd=repo, env=env(2), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert "devices 4" in logs[0] and os.path.isdir(os.path.join(wd, "checkpoints", "2"))
+  one = subprocess.run(base, cwd=repo, env=env(4), capture_output=True, text=True, timeout=600)
+  assert one.returncode == 0, (one.stdout + one.stderr)[-3000:]
+  assert "resume at 2" in one.stdout + one.stderr
+  summary = json.loads(one.stdout.strip().splitlines()[-1])
+  assert summary["step"] == 4 and summary["checkpoint"].endswith("/4")

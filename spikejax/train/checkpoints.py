@@ -99,9 +99,16 @@ def _own_buffers(tree):
   freed while still in use (a crash, or silent corruption). Copying costs one pass over the
   state at restore time only.
   """
-  return jax.tree.map(
-      lambda x: jax.device_put(x, x.sharding, may_alias=False)
-      if isinstance(x, jax.Array) else x, tree)
+  return jax.tree.map(lambda x: copy_array(x) if isinstance(x, jax.Array) else x, tree)
+
+
+def copy_array(x: jax.Array) -> jax.Array:
+  """``x`` in new device buffers, same sharding; multi-process arrays shard by shard (only the
+  addressable shards can be copied there)."""
+  if x.is_fully_addressable:
+    return jax.device_put(x, x.sharding, may_alias=False)
+  shards = [jax.device_put(s.data, s.device, may_alias=False) for s in x.addressable_shards]
+  return jax.make_array_from_single_device_arrays(x.shape, x.sharding, shards)
 
 
 def _assign(obj, values: dict[str, Any]) -> None:

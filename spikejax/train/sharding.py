@@ -36,10 +36,13 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
   return data, fsdp
 
 
-def make_mesh(mesh_config, num_devices: int | None = None) -> jax.sharding.Mesh:
-  n = num_devices or jax.device_count()
+def make_mesh(mesh_config, num_devices: int | None = None, devices=None) -> jax.sharding.Mesh:
+  """The ``(data, fsdp)`` mesh over ``devices`` (default: all of ``jax.devices()``; e.g. the
+  compile-only devices of a TPU topology, ``launch/aot_compile.py``)."""
+  n = num_devices or (len(devices) if devices is not None else jax.device_count())
   shape = mesh_shape(mesh_config, n)
-  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                       devices=devices)
 
 
 def leaf_spec(shape: tuple[int, ...], fsdp: int) -> P:

@@ -54,6 +54,16 @@ def model_kwargs(config) -> dict[str, Any]:
   return kw
 
 
+def model_dtype_and_kwargs(config, image_shape) -> tuple[Any, dict[str, Any]]:
+  """``(dtype, create_model kwargs)`` for ``config`` and the data's ``image_shape`` (a MIM
+  model without ``img_size`` is built for the data's ``(H, W)``)."""
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+  kw = model_kwargs(config)
+  if (config.get("task") or "classify") == "mim" and "img_size" not in kw:
+    kw["img_size"] = tuple(image_shape[-3:-1])
+  return dtype, kw
+
+
 def validate(config, num_devices: int) -> None:
   """Checks everything that can be checked before building data or compiling."""
   from spikejax.models import get_variant
@@ -243,6 +253,14 @@ _jitted_distill_step = jax.jit(_functional_train_step, static_argnums=(0, 3, 5),
 _jitted_mim_step = jax.jit(_functional_mim_step, static_argnums=0, donate_argnums=1)
 
 
+def jitted_train_step(task: str, distill: bool = False):
+  """The jitted train step ``SplitTrainer`` runs for ``task`` (``launch/aot_compile.py``
+  compiles the same one ahead of time): ``step(graphdef, state, batch, *extra)``."""
+  if task == "mim":
+    return _jitted_mim_step
+  return _jitted_distill_step if distill else _jitted_functional_step
+
+
 def unalias(tree):
   """``tree`` with a private copy of every array whose device buffer another array (or another
   shard of itself) also uses: donating such a buffer to the train step would free it while in
@@ -254,7 +272,7 @@ def unalias(tree):
       return x
     ptrs = [s.data.unsafe_buffer_pointer() for s in x.addressable_shards]
     if len(set(ptrs)) < len(ptrs) or seen.intersection(ptrs):
-      x = jax.device_put(x, x.sharding, may_alias=False)
+      x = ckpt_lib.copy_array(x)
       ptrs = [s.data.unsafe_buffer_pointer() for s in x.addressable_shards]
     seen.update(ptrs)
     return x
@@ -284,13 +302,10 @@ class SplitTrainer:
       self.teacher = nnx.split(teacher)
 
   def step(self, batch):
-    if self.task == "mim":
-      self.state, metrics = _jitted_mim_step(self.graphdef, self.state, batch)
-    elif self.teacher is not None:
-      self.state, metrics = _jitted_distill_step(self.graphdef, self.state, batch,
-                                                 *self.teacher, self.distill_alpha)
-    else:
-      self.state, metrics = _jitted_functional_step(self.graphdef, self.state, batch)
+    distill = self.task != "mim" and self.teacher is not None
+    extra = (*self.teacher, self.distill_alpha) if distill else ()
+    step = jitted_train_step(self.task, distill)
+    self.state, metrics = step(self.graphdef, self.state, batch, *extra)
     return metrics
 
   def sync(self) -> None:
@@ -413,11 +428,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if config.get("max_train_steps"):
     total_steps = min(total_steps, config.max_train_steps)
 
-  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-  kw = model_kwargs(config)
+  dtype, kw = model_dtype_and_kwargs(config, train_ds.image_shape)
   task = config.get("task") or "classify"
-  if task == "mim" and "img_size" not in kw:
-    kw["img_size"] = tuple(train_ds.image_shape[-3:-1])
   manager = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
                                        keep=config.keep_checkpoints)
   resuming = bool(manager.manager.all_steps())
