@@ -199,6 +199,7 @@ def test_pretrain_resume_exact_then_finetune_and_distill(tmp_path):
   s = trainer.train_and_evaluate(cfg("pretrain,runlocal"), full)
   assert s["step"] == 4 and s["best_loss"] is not None and s["best_accuracy"] is None
   assert "test_loss" in s["history"][-1] and "test_accuracy" not in s["history"][-1]
+  assert s["history"][-1]["erank"] >= 1.0
   trainer.train_and_evaluate(cfg("pretrain,runlocal", stop_after_steps=2), part)
   trainer.train_and_evaluate(cfg("pretrain,runlocal"), part)
   a = checkpoints.read_model_values(full)

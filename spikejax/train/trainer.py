@@ -200,7 +200,8 @@ def _classify_loss(out, batch, teacher_logits=None, alpha: float = 0.5):
 @functools.lru_cache(maxsize=None)
 def make_mim_eval_step(seed: int = 0):
   """The jitted MIM eval step: reconstruction loss on masked patches, with masks drawn from a
-  fixed key per batch index (the same masks at every evaluation)."""
+  fixed key per batch index (the same masks at every evaluation), and the effective rank
+  (paper Eq. 29) of the encoder's output tokens for the unmasked images."""
 
   @nnx.jit
   def eval_step(model, batch, index):
@@ -212,7 +213,14 @@ def make_mim_eval_step(seed: int = 0):
     images = x if x.ndim == 4 else jnp.mean(x, axis=0)
     mask = batch["mask"]
     loss = mim_loss(pred, images, active, model.patch, weights=mask)
-    return {"loss_sum": loss * jnp.sum(mask), "count": jnp.sum(mask)}
+    # effective rank (paper Eq. 29, Fig. 10b) of the encoder's tokens for the whole images
+    from spikejax.analysis.rank import effective_rank
+    full = jnp.ones_like(active)
+    tokens = model.forward_encoder(x, full)
+    keep = mask > 0
+    tokens = jnp.where(keep[:, None, None], tokens, 0.0)
+    return {"loss_sum": loss * jnp.sum(mask), "count": jnp.sum(mask),
+            "erank_sum": effective_rank(tokens), "rank_batches": jnp.float32(1.0)}
 
   return eval_step
 
@@ -372,6 +380,8 @@ def evaluate(model, eval_step, ds, mesh, max_steps=None, *, firing: bool = False
   n = max(totals.get("count", 0.0), 1.0)
   res = {"accuracy": totals["correct"] / n if "correct" in totals else None,
          "loss": totals.get("loss_sum", 0.0) / n, "examples": int(totals.get("count", 0))}
+  if "erank_sum" in totals:  # MIM: mean effective rank of the encoder features per batch
+    res["erank"] = totals["erank_sum"] / max(totals["rank_batches"], 1.0)
   if firing:
     res["firing"] = hists
   return res
@@ -518,8 +528,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                "test_accuracy": res["accuracy"], "test_loss": res["loss"]}
         scalars = {"eval/accuracy": res["accuracy"], "eval/loss": res["loss"],
                    "eval/epoch": epoch, "eval/time_min": row["time_min"]}
-        if task == "mim":  # reconstruction loss on masked patches; no accuracy
+        if task == "mim":  # reconstruction loss on masked patches and erank; no accuracy
           del row["test_accuracy"], scalars["eval/accuracy"]
+          row["erank"] = scalars["eval/erank"] = res["erank"]
         if "firing" in res:   # per-layer firing of this evaluation -> firing.json
           fire_scalars, fire_layers = _firing_summary(res["firing"])
           scalars.update(fire_scalars)
@@ -538,7 +549,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         writer.write(step, scalars)
         if task == "mim":
           bar.write(f"epoch {epoch:.2f} step {step}: test reconstruction loss "
-                    f"{res['loss']:.4f} ({row['time_min']:.1f} min)")
+                    f"{res['loss']:.4f}, encoder effective rank {res['erank']:.2f} "
+                    f"({row['time_min']:.1f} min)")
           if best is None or res["loss"] < best["loss"]:
             best = {"accuracy": None, "loss": res["loss"], "step": step, "epoch": epoch}
         else:
