@@ -90,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.eval_every_epochs = 1
+  c.eval_every_steps = placeholder(int)   # extra evaluations (e.g. an effective-rank curve)
   c.firing_stats = False
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2

@@ -196,8 +196,9 @@ def test_pretrain_resume_exact_then_finetune_and_distill(tmp_path):
     return c
 
   full, part = str(tmp_path / "full"), str(tmp_path / "part")
-  s = trainer.train_and_evaluate(cfg("pretrain,runlocal"), full)
+  s = trainer.train_and_evaluate(cfg("pretrain,runlocal", eval_every_steps=2), full)
   assert s["step"] == 4 and s["best_loss"] is not None and s["best_accuracy"] is None
+  assert [r["step"] for r in s["history"]] == [2, 4]   # evaluations do not touch training
   assert "test_loss" in s["history"][-1] and "test_accuracy" not in s["history"][-1]
   assert s["history"][-1]["erank"] >= 1.0
   trainer.train_and_evaluate(cfg("pretrain,runlocal", stop_after_steps=2), part)

@@ -161,8 +161,8 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path, monkeypatch):
   pointers = []
   init = trainer.SplitTrainer.__init__
 
-  def checked_init(self, model, optimizer):
-    init(self, model, optimizer)
+  def checked_init(self, model, optimizer, **kw):
+    init(self, model, optimizer, **kw)
     pointers.append(_buffer_pointers(self.state))
 
   monkeypatch.setattr(trainer.SplitTrainer, "__init__", checked_init)

@@ -517,8 +517,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         end_of_epoch = True
       if config.get("stop_after_steps") and step >= config.stop_after_steps:
         stopped_by = f"stop_after_steps={config.stop_after_steps}"  # schedule unchanged
+      every = config.get("eval_every_steps")
       if end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0 \
-          or end_of_epoch and (step == total_steps or stopped_by):
+          or end_of_epoch and (step == total_steps or stopped_by) \
+          or every and step % every == 0:
         runner.sync()
         res = evaluate(model, eval_step, eval_ds, mesh, config.get("max_eval_steps"),
                        firing=bool(config.get("firing_stats")) and task == "classify")
