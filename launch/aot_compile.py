@@ -1,0 +1,378 @@
+"""Ahead-of-time compile of the real training step for a TPU slice, on a machine without one.
+
+    python -m launch.aot_compile --config=configs/imagenet_mim.py:768 --topology=v5e:4x4 \\
+        [--per_chip_batch=N] [--mesh_fsdp=K] [--json]
+
+Builds the model and optimizer of ``--config`` abstractly (``nnx.eval_shape``: no memory),
+places their state with the trainer's sharding rules on a ``(data, fsdp)`` mesh made from the
+topology's devices (``config.mesh``; ``--mesh_fsdp`` overrides ``mesh.fsdp``), and lowers and
+compiles the jitted train step ``SplitTrainer`` runs (same function, donation of the state,
+batch sharded over every mesh axis) for a global batch of ``per_chip_batch x chips`` (default:
+``config.batch_size``). Prints what XLA's memory analysis says one chip needs: arguments
+(parameters, optimizer state, batch), outputs, aliased bytes (the donated state, counted once),
+temporaries (activations), generated code, their total, and whether it fits the chip's HBM
+(with the trainer's EMA copy of the variables, when ``config.ema_decay`` is set; the eval step
+is compiled separately and not counted).
+A step that does not fit fails to compile on TPU ("RESOURCE_EXHAUSTED: Ran out of memory on
+HBM ..."); that is reported as not fitting, with the compiler's numbers.
+
+Topologies: ``v5e:2x2``, ``v5e:4x4``, ``v5e:8x8``, ``v6e:4x4`` (2-D), ``v4:2x2x1``, ``v4:4x4x4``,
+``v5p:2x2x1`` (3-D), as ``jax.experimental.topologies.get_topology_desc`` understands them;
+they need ``libtpu`` (``pip install libtpu``, or the ``tpu-aot`` extra:
+``pip install -e '.[tpu-aot]'``). ``cpu:N`` uses N host CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N``, set here when jax is not imported
+yet); it checks the step compiles, not that it fits anything.
+
+Exit status: 0 compiled (and fits, where the chip's memory is known), 1 does not fit,
+2 bad arguments or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any
+
+TOPOLOGY_EXAMPLES = ("v5e:2x2", "v5e:4x4", "v5e:8x8", "v6e:4x4", "v4:2x2x1", "v4:2x2x2",
+                     "v4:4x4x4", "v5p:2x2x1", "cpu:8")
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  hbm_gib: float        # per chip
+  dims: int             # topology rank
+  chip_config: str      # libtpu chip config: 'megacore' = one device per chip (2 TensorCores)
+
+
+GENERATIONS = {
+    "v4": Generation(32, 3, "megacore"),
+    "v5e": Generation(16, 2, "default"),
+    "v5p": Generation(95, 3, "megacore"),
+    "v6e": Generation(32, 2, "default"),
+}
+
+# Training-split sizes: they only set the learning-rate schedule baked into the step.
+TRAIN_EXAMPLES = {"imagenet2012": 1281167, "cifar10": 50000, "fashion_mnist": 60000}
+
+
+class AotError(ValueError):
+  """Arguments that cannot be compiled; raised before anything compiles."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  name: str            # as given
+  platform: str        # 'tpu' | 'cpu'
+  generation: str      # 'v5e', ... or 'cpu'
+  dims: tuple[int, ...]
+
+  @property
+  def num_chips(self) -> int:
+    return math.prod(self.dims)
+
+
+def parse_topology(name: str) -> Topology:
+  examples = ", ".join(TOPOLOGY_EXAMPLES)
+  m = re.fullmatch(r"cpu:(\d+)", name)
+  if m:
+    if int(m.group(1)) < 1:
+      raise AotError(f"cpu:N needs N >= 1, got {name!r}.")
+    return Topology(name, "cpu", "cpu", (int(m.group(1)),))
+  m = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)*)", name)
+  if not m or m.group(1) not in GENERATIONS:
+    raise AotError(f"unknown topology {name!r}: give GENERATION:SHAPE with GENERATION one of "
+                   f"{sorted(GENERATIONS)} (or cpu:N), e.g. {examples}.")
+  gen = GENERATIONS[m.group(1)]
+  dims = tuple(int(d) for d in m.group(2).split("x"))
+  if len(dims) != gen.dims or min(dims) < 1:
+    raise AotError(f"topology {name!r}: {m.group(1)} slices have {gen.dims} dimensions "
+                   f"(e.g. {examples}).")
+  return Topology(name, "tpu", m.group(1), dims)
+
+
+def _set_platform_env(topology: Topology) -> None:
+  """Before jax is imported: host CPU devices for ``cpu:N``; never look for a local TPU."""
+  if "jax" in sys.modules:
+    return
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no GCE metadata queries
+  flags = os.environ.get("XLA_FLAGS", "")
+  if topology.platform == "cpu" and "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count="
+                               f"{topology.num_chips}").strip()
+
+
+def have_libtpu() -> bool:
+  return importlib.util.find_spec("libtpu") is not None
+
+
+def topology_devices(topology: Topology) -> list:
+  import jax
+  if topology.platform == "cpu":
+    devices = jax.devices("cpu")
+    if len(devices) < topology.num_chips:
+      raise AotError(f"{topology.name} needs {topology.num_chips} CPU devices, this process has "
+                     f"{len(devices)}: run with XLA_FLAGS=--xla_force_host_platform_device_count"
+                     f"={topology.num_chips} (set before jax is imported).")
+    return devices[:topology.num_chips]
+  if not have_libtpu():
+    raise AotError(f"compiling for {topology.name} needs libtpu (the TPU compiler): "
+                   "`pip install libtpu`, or `pip install -e '.[tpu-aot]'` (the tpu-aot extra).")
+  # compile-only use of libtpu: no TPU is opened, so other processes may load it too
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies
+  dims3 = topology.dims + (1,) * (3 - len(topology.dims))
+  host_bounds = tuple(min(b, d) for b, d in zip((2, 2, 1), dims3))  # 4 chips per TPU VM host
+  try:
+    desc = topologies.get_topology_desc(
+        platform="tpu", topology_name=topology.name,
+        chip_config_name=GENERATIONS[topology.generation].chip_config,
+        chips_per_host_bounds=host_bounds, num_slices=1, wrap=(False, False, False))
+  except Exception as e:  # pylint: disable=broad-except  (libtpu's own message says why)
+    raise AotError(f"libtpu does not know topology {topology.name!r}: {e}. Examples: "
+                   f"{', '.join(TOPOLOGY_EXAMPLES)}.") from None
+  devices = list(desc.devices)
+  if len(devices) != topology.num_chips:
+    raise AotError(f"{topology.name}: libtpu made {len(devices)} devices for "
+                   f"{topology.num_chips} chips.")
+  return devices
+
+
+def load_config(spec: str):
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise AotError(f"config file {path!r} does not exist")
+  mod_spec = importlib.util.spec_from_file_location("aot_config", path)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  return mod.get_config(arg or None)
+
+
+def data_spec(config) -> tuple[int, tuple[int, ...]]:
+  """``(num_classes, image_shape)`` of the train batches, as the input pipeline makes them."""
+  from spikejax.data.pipeline import SPECS
+  if config.get("frames") is not None or config.dataset not in SPECS:
+    raise AotError(f"dataset {config.dataset!r}: aot_compile knows the image data sets "
+                   f"{sorted(SPECS)} (not event frames).")
+  spec = SPECS[config.dataset]
+  size = config.image_size or spec.image_size
+  return spec.num_classes, (size, size, config.channels or spec.channels)
+
+
+def abstract_batch(task: str, global_batch: int, num_classes: int, image_shape, sharding):
+  """Shape/dtype/sharding of the train batch the step is given: ``image`` float32 (the
+  pipeline's; the model casts to ``config.dtype``), and for classification the int ``label``
+  and soft ``target`` (the MIM step reads only ``image``)."""
+  import jax
+  import jax.numpy as jnp
+  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+  batch = {"image": sds((global_batch,) + tuple(image_shape), jnp.float32)}
+  if task != "mim":
+    batch["label"] = sds((global_batch,), jnp.int32)
+    batch["target"] = sds((global_batch, num_classes), jnp.float32)
+  return batch
+
+
+def _oom_numbers(msg: str) -> dict[str, Any]:
+  """``used``/``capacity`` bytes from XLA:TPU's out-of-memory message ("... required for HLO
+  temporaries (21.00G) exceeds available HBM (15.75G)", or "Used 20.5G of 15.75G hbm")."""
+  m = (re.search(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)", msg)
+       or re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", msg))
+  if not m:
+    return {}
+  scale = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+  return {"used_bytes": int(float(m.group(1)) * scale[m.group(2)]),
+          "capacity_bytes": int(float(m.group(3)) * scale[m.group(4)])}
+
+
+def compile_step(config, topology: str | Topology, per_chip_batch: int | None = None,
+                 mesh_fsdp: int | None = None, config_name: str = "") -> dict[str, Any]:
+  """Compiles the trainer's train step of ``config`` for ``topology``; returns a report."""
+  topo = topology if isinstance(topology, Topology) else parse_topology(topology)
+  if per_chip_batch is not None and per_chip_batch < 1:
+    raise AotError(f"--per_chip_batch must be >= 1, got {per_chip_batch}.")
+  if mesh_fsdp is not None and mesh_fsdp < 1:
+    raise AotError(f"--mesh_fsdp must be >= 1, got {mesh_fsdp}.")
+  _set_platform_env(topo)
+  import jax
+  from flax import nnx
+  from spikejax.models import count_params, create_model
+  from spikejax.train import sharding as sharding_lib
+  from spikejax.train import trainer
+
+  n = topo.num_chips
+  devices = topology_devices(topo)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if per_chip_batch is None:
+      if config.batch_size % n:
+        raise AotError(f"batch_size={config.batch_size} of the config is not divisible by the "
+                       f"{n} chips of {topo.name}; give --per_chip_batch.")
+      per_chip_batch = config.batch_size // n
+    config.batch_size = per_chip_batch * n
+    if mesh_fsdp is not None:
+      if n % mesh_fsdp:
+        raise AotError(f"--mesh_fsdp={mesh_fsdp} does not divide the {n} chips of {topo.name}.")
+      config.mesh.fsdp, config.mesh.data = mesh_fsdp, -1
+  trainer.validate(config, n)  # the trainer's own checks (mesh, batch, model, optimizer)
+  task = config.get("task") or "classify"
+  if task == "classify" and config.get("distill") and config.distill.get("teacher"):
+    raise AotError("the distillation step with a teacher is not supported; unset "
+                   "distill.teacher to compile the step with the distillation head alone.")
+  num_classes, image_shape = data_spec(config)
+  steps_per_epoch = max(1, TRAIN_EXAMPLES.get(config.dataset, config.batch_size)
+                        // config.batch_size)
+  total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+  if config.get("max_train_steps"):
+    total_steps = min(total_steps, config.max_train_steps)
+
+  mesh = sharding_lib.make_mesh(config.mesh, n, devices=devices)
+  dtype, kw = trainer.model_dtype_and_kwargs(config, image_shape)
+
+  def build():
+    model = create_model(config.model_name, num_classes=num_classes,
+                         rngs=nnx.Rngs(config.seed), dtype=dtype, **kw)
+    optimizer, _ = trainer.build_optimizer(config, model, total_steps, steps_per_epoch)
+    return model, optimizer
+
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    model, optimizer = nnx.eval_shape(build)
+  import numpy as np
+  model.check_input(np.zeros((1,) + image_shape, np.float32))
+  model.train()
+  graphdef, state = nnx.split((model, optimizer))
+  shardings = sharding_lib.tree_shardings(state, mesh)
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       state, shardings)
+  batch = abstract_batch(task, config.batch_size, num_classes, image_shape,
+                         sharding_lib.batch_sharding(mesh))
+  step = trainer.jitted_train_step(task)
+  lowered = step.lower(graphdef, state, batch)
+  t_lower = time.perf_counter() - t0
+  ema = 0  # the trainer's EMA copy of the variables stays on the chips beside the step
+  if config.ema_decay:
+    ema_state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    ema = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in
+              zip(jax.tree.leaves(ema_state),
+                  jax.tree.leaves(sharding_lib.tree_shardings(ema_state, mesh))))
+
+  gen = GENERATIONS.get(topo.generation)
+  hbm = int(gen.hbm_gib * GiB) if gen else None
+  hosts = len({d.process_index for d in devices})
+  report: dict[str, Any] = {
+      "config": config_name, "model": config.model_name, "task": task,
+      "params": count_params(model), "dtype": config.dtype,
+      "topology": topo.name, "device_kind": devices[0].device_kind, "chips": n, "hosts": hosts,
+      "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "per_chip_batch": per_chip_batch, "global_batch": config.batch_size,
+      "image_shape": list(image_shape), "hbm_bytes": hbm, "lower_s": round(t_lower, 1)}
+  t1 = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except
+    msg = str(e)
+    if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
+      raise
+    report.update(compile_s=round(time.perf_counter() - t1, 1), fits=False,
+                  error=msg.strip().splitlines()[0][:500], **_oom_numbers(msg))
+    return report
+  report["compile_s"] = round(time.perf_counter() - t1, 1)
+  ma = compiled.memory_analysis()
+  mem = {"argument_bytes": ma.argument_size_in_bytes, "output_bytes": ma.output_size_in_bytes,
+         "alias_bytes": ma.alias_size_in_bytes, "temp_bytes": ma.temp_size_in_bytes,
+         "generated_code_bytes": ma.generated_code_size_in_bytes}
+  # donated state: outputs that reuse argument buffers are counted once
+  mem["total_bytes"] = (mem["argument_bytes"] + mem["output_bytes"] - mem["alias_bytes"]
+                        + mem["temp_bytes"] + mem["generated_code_bytes"])
+  mem["ema_bytes"] = ema
+  peak = getattr(ma, "peak_memory_in_bytes", 0)
+  if peak:
+    mem["peak_bytes"] = peak
+  report["memory"] = mem
+  report["fits"] = None if hbm is None else mem["total_bytes"] + ema <= hbm
+  return report
+
+
+def _gib(b) -> str:
+  return f"{b / GiB:7.2f} GiB" if b >= GiB / 100 or not b else f"{b / 2**20:7.2f} MiB"
+
+
+def format_report(r: dict[str, Any]) -> str:
+  lines = [
+      f"{r['config'] or r['model']}: {r['model']} ({r['params'] / 1e6:.1f}M parameters, "
+      f"{r['dtype']}), task {r['task']}",
+      f"topology {r['topology']}: {r['chips']} chips ({r['device_kind']}, {r['hosts']} "
+      f"host{'s' if r['hosts'] != 1 else ''}), mesh data={r['mesh']['data']} x "
+      f"fsdp={r['mesh']['fsdp']}",
+      f"batch {r['global_batch']} = {r['per_chip_batch']} per chip, images "
+      f"{tuple(r['image_shape'])} float32",
+      f"lowered in {r['lower_s']:.1f} s, compiled in {r['compile_s']:.1f} s"]
+  hbm = f"{r['hbm_bytes'] / GiB:.0f} GiB" if r["hbm_bytes"] else None
+  if "memory" not in r:
+    used = (f": uses {r['used_bytes'] / GiB:.2f} GiB of {r['capacity_bytes'] / GiB:.2f} GiB"
+            if "used_bytes" in r else "")
+    lines.append(f"DOES NOT FIT the {hbm} chip{used} ({r['error']})")
+    return "\n".join(lines)
+  m = r["memory"]
+  lines += ["per chip:",
+            f"  arguments       {_gib(m['argument_bytes'])}  (parameters, optimizer state, batch)",
+            f"  outputs         {_gib(m['output_bytes'])}",
+            f"  aliased         {_gib(m['alias_bytes'])}  (donated state, counted once)",
+            f"  temporaries     {_gib(m['temp_bytes'])}",
+            f"  generated code  {_gib(m['generated_code_bytes'])}",
+            f"  total           {_gib(m['total_bytes'])}"]
+  if m.get("ema_bytes"):
+    lines.append(f"  + EMA copy      {_gib(m['ema_bytes'])}  (config.ema_decay; outside the step)")
+  if "peak_bytes" in m:
+    lines.append(f"  (compiler peak  {_gib(m['peak_bytes'])})")
+  if hbm is None:
+    lines.append("fits: unknown (no HBM size for this platform)")
+  else:
+    lines.append(f"fits in {hbm} HBM: {'yes' if r['fits'] else 'NO'}")
+  return "\n".join(lines)
+
+
+def parse(argv=None):
+  p = argparse.ArgumentParser(prog="python -m launch.aot_compile", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
+  p.add_argument("--topology", required=True,
+                 help=f"TPU slice or cpu:N, e.g. {', '.join(TOPOLOGY_EXAMPLES)}")
+  p.add_argument("--per_chip_batch", type=int, default=None,
+                 help="examples per chip (default: config.batch_size / chips)")
+  p.add_argument("--mesh_fsdp", type=int, default=None,
+                 help="size of the fsdp mesh axis (default: config.mesh.fsdp); data = the rest")
+  p.add_argument("--json", action="store_true", help="print one JSON object")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse(argv)
+  try:
+    topo = parse_topology(args.topology)
+    _set_platform_env(topo)
+    from spikejax.train.trainer import ConfigError
+    try:
+      report = compile_step(load_config(args.config), topo, args.per_chip_batch,
+                            args.mesh_fsdp, config_name=args.config)
+    except ConfigError as e:
+      raise AotError(f"config error: {e}") from None
+  except AotError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(report) if args.json else format_report(report), flush=True)
+  return 1 if report["fits"] is False else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
