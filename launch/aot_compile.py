@@ -30,6 +30,7 @@ Exit status: 0 compiled (and fits, where the chip's memory is known), 1 does not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -37,6 +38,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -129,14 +131,18 @@ def topology_devices(topology: Topology) -> list:
                    "`pip install libtpu`, or `pip install -e '.[tpu-aot]'` (the tpu-aot extra).")
   # compile-only use of libtpu: no TPU is opened, so other processes may load it too
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  # libtpu's INFO log says whether the compiler rematerialised to fit (read at its first load)
+  os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "0")
+  os.environ.setdefault("TPU_MIN_LOG_LEVEL", "0")
   from jax.experimental import topologies
   dims3 = topology.dims + (1,) * (3 - len(topology.dims))
   host_bounds = tuple(min(b, d) for b, d in zip((2, 2, 1), dims3))  # 4 chips per TPU VM host
   try:
-    desc = topologies.get_topology_desc(
-        platform="tpu", topology_name=topology.name,
-        chip_config_name=GENERATIONS[topology.generation].chip_config,
-        chips_per_host_bounds=host_bounds, num_slices=1, wrap=(False, False, False))
+    with _compiler_log({}):  # libtpu's start-up log
+      desc = topologies.get_topology_desc(
+          platform="tpu", topology_name=topology.name,
+          chip_config_name=GENERATIONS[topology.generation].chip_config,
+          chips_per_host_bounds=host_bounds, num_slices=1, wrap=(False, False, False))
   except Exception as e:  # pylint: disable=broad-except  (libtpu's own message says why)
     raise AotError(f"libtpu does not know topology {topology.name!r}: {e}. Examples: "
                    f"{', '.join(TOPOLOGY_EXAMPLES)}.") from None
@@ -182,6 +188,9 @@ def abstract_batch(task: str, global_batch: int, num_classes: int, image_shape, 
   return batch
 
 
+_SCALE = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
 def _oom_numbers(msg: str) -> dict[str, Any]:
   """``used``/``capacity`` bytes from XLA:TPU's out-of-memory message ("... required for HLO
   temporaries (21.00G) exceeds available HBM (15.75G)", or "Used 20.5G of 15.75G hbm")."""
@@ -189,9 +198,53 @@ def _oom_numbers(msg: str) -> dict[str, Any]:
        or re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", msg))
   if not m:
     return {}
-  scale = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
-  return {"used_bytes": int(float(m.group(1)) * scale[m.group(2)]),
-          "capacity_bytes": int(float(m.group(3)) * scale[m.group(4)])}
+  return {"used_bytes": int(float(m.group(1)) * _SCALE[m.group(2)]),
+          "capacity_bytes": int(float(m.group(3)) * _SCALE[m.group(4)])}
+
+
+def _remat_numbers(log: str) -> dict[str, int] | None:
+  """What XLA:TPU's rematerialization pass did, from its log ("XLA::TPU rematerialization hbm
+  reduction:  21.78G => 14.5G"): it recomputes activations in the backward pass when they do
+  not fit the limit (95% of HBM less the arguments), at the cost of extra compute."""
+  found = re.findall(r"rematerialization hbm reduction:\s+([\d.]+)([KMGT]?)B? => "
+                     r"([\d.]+)([KMGT]?)B?", log)
+  if not found:
+    return None
+  a, ua, b, ub = found[-1]
+  out = {"before_bytes": int(float(a) * _SCALE[ua]), "after_bytes": int(float(b) * _SCALE[ub])}
+  limit = re.findall(r"rematerialization limit ([\d.]+)([KMGT]?)B? =", log)
+  if limit:
+    out["limit_bytes"] = int(float(limit[-1][0]) * _SCALE[limit[-1][1]])
+  return out
+
+
+@contextlib.contextmanager
+def _compiler_log(out: dict[str, str], enabled: bool = True):
+  """Captures what the compiler writes to file descriptor 2 (libtpu's log, made verbose by
+  ``TPU_MIN_LOG_LEVEL=0``) into ``out["text"]``; passes on its errors, not its INFO/WARNING
+  records."""
+  if not enabled:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      out["text"] = tmp.read().decode(errors="replace")
+      keep, rest = True, []
+      for line in out["text"].splitlines(keepends=True):
+        if re.match(r"[IWEF]\d{4} ", line):  # a new log record; others continue the last
+          keep = line[0] in "EF"
+        if keep:
+          rest.append(line)
+      sys.stderr.write("".join(rest))
 
 
 def compile_step(config, topology: str | Topology, per_chip_batch: int | None = None,
@@ -204,6 +257,7 @@ def compile_step(config, topology: str | Topology, per_chip_batch: int | None = 
     raise AotError(f"--mesh_fsdp must be >= 1, got {mesh_fsdp}.")
   _set_platform_env(topo)
   import jax
+  import numpy as np
   from flax import nnx
   from spikejax.models import count_params, create_model
   from spikejax.train import sharding as sharding_lib
@@ -247,7 +301,6 @@ def compile_step(config, topology: str | Topology, per_chip_batch: int | None = 
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):
     model, optimizer = nnx.eval_shape(build)
-  import numpy as np
   model.check_input(np.zeros((1,) + image_shape, np.float32))
   model.train()
   graphdef, state = nnx.split((model, optimizer))
@@ -277,16 +330,20 @@ def compile_step(config, topology: str | Topology, per_chip_batch: int | None = 
       "per_chip_batch": per_chip_batch, "global_batch": config.batch_size,
       "image_shape": list(image_shape), "hbm_bytes": hbm, "lower_s": round(t_lower, 1)}
   t1 = time.perf_counter()
+  log: dict[str, str] = {}
   try:
-    compiled = lowered.compile()
+    with _compiler_log(log, enabled=topo.platform == "tpu"):
+      compiled = lowered.compile()
   except Exception as e:  # pylint: disable=broad-except
     msg = str(e)
     if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
       raise
     report.update(compile_s=round(time.perf_counter() - t1, 1), fits=False,
-                  error=msg.strip().splitlines()[0][:500], **_oom_numbers(msg))
+                  error=msg.strip().splitlines()[0][:500], **_oom_numbers(msg),
+                  remat=_remat_numbers(log.get("text", "")))
     return report
   report["compile_s"] = round(time.perf_counter() - t1, 1)
+  report["remat"] = _remat_numbers(log.get("text", ""))
   ma = compiled.memory_analysis()
   mem = {"argument_bytes": ma.argument_size_in_bytes, "output_bytes": ma.output_size_in_bytes,
          "alias_bytes": ma.alias_size_in_bytes, "temp_bytes": ma.temp_size_in_bytes,
@@ -335,6 +392,10 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"  + EMA copy      {_gib(m['ema_bytes'])}  (config.ema_decay; outside the step)")
   if "peak_bytes" in m:
     lines.append(f"  (compiler peak  {_gib(m['peak_bytes'])})")
+  if r.get("remat"):
+    lines.append(f"the compiler rematerialised activations to fit: "
+                 f"{r['remat']['before_bytes'] / GiB:.2f} GiB -> "
+                 f"{r['remat']['after_bytes'] / GiB:.2f} GiB (more compute per step)")
   if hbm is None:
     lines.append("fits: unknown (no HBM size for this platform)")
   else:

@@ -80,6 +80,18 @@ def test_oom_message_numbers():
   assert aot_compile._oom_numbers("RESOURCE_EXHAUSTED: something else") == {}
 
 
+def test_remat_numbers_from_the_compiler_log():
+  log = ("I1130 13:38:24.874906   23134 deepsea_compiler_hlo_passes.cc:5714] XLA::TPU post "
+         "optimization rematerialization limit 13.19G = 95% hbm (14.96G) - (arguments (1.75G) - "
+         "aliased_output(0B)) - overlays (20.77M)\n"
+         "I1130 13:38:24.874929   23134 deepsea_compiler_hlo_passes.cc:5728] XLA::TPU "
+         "rematerialization hbm reduction:  21.78G => 14.50G\n")
+  assert aot_compile._remat_numbers(log) == {"before_bytes": int(21.78 * 2**30),
+                                             "after_bytes": int(14.5 * 2**30),
+                                             "limit_bytes": int(13.19 * 2**30)}
+  assert aot_compile._remat_numbers("I1130 nothing to see") is None
+
+
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                     reason="libtpu is not installed (pip install -e '.[tpu-aot]')")
 def test_compiles_for_a_tpu_topology(capsys):
@@ -87,5 +99,5 @@ def test_compiles_for_a_tpu_topology(capsys):
   r = json.loads(out)
   assert rc == 0 and r["device_kind"] == "TPU v5 lite" and r["chips"] == 4
   assert r["mesh"] == {"data": 2, "fsdp": 2} and r["per_chip_batch"] == 4
-  assert r["hbm_bytes"] == 16 * 2**30 and r["fits"] is True
+  assert r["hbm_bytes"] == 16 * 2**30 and r["fits"] is True and r["remat"] is None
   assert r["memory"]["generated_code_bytes"] > 0 and r["memory"]["temp_bytes"] > 0
