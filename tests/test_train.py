@@ -17,7 +17,7 @@ needs_data = pytest.mark.skipif(not os.path.isdir(FMNIST),
 
 
 def tiny_config(**over):
-  c = fashion_mnist.get_config("runlocal")
+  c = fashion_mnist.get_config("base,runlocal")  # the base family; the default is run below
   c.unlock() if hasattr(c, "unlock") else None
   c.progress_bar = False
   c.checkpoint_every_steps = 2
@@ -54,6 +54,26 @@ def _params(workdir):
   import orbax.checkpoint as ocp
   state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return step, state["state"]["model"]
+
+
+@pytest.mark.parametrize("arg,name,params", [
+    ("", "spikformer12_512", 2_251_066),        # the default recipe (README curve)
+    ("base", "espikeformer_t", 1_372_522),
+])
+def test_fashion_mnist_recipes_build_the_measured_models(arg, name, params):
+  from flax import nnx
+  from spikejax.models import count_params, create_model
+  c = fashion_mnist.get_config(arg)
+  assert c.model_name == name and c.mode == "sfa"
+  assert (c.spike.time_steps, c.spike.spike_max) == (1, 4)      # SFA T=1, D=4 (issue 3)
+  assert c.num_epochs > 0 and c.time_limit_minutes < 30
+  trainer.validate(c, 4)   # eval batch 500: 1, 2, 4 devices
+  model = nnx.eval_shape(lambda: create_model(c.model_name, num_classes=10, rngs=nnx.Rngs(0),
+                                              **trainer.model_kwargs(c)))
+  assert count_params(model) == params
+  v = fashion_mnist.get_config(",".join(filter(None, [arg, "vanilla"])))
+  assert v.mode == "vanilla" and v.spike.time_steps == 4
+  trainer.validate(v, 4)
 
 
 @needs_data
