@@ -154,13 +154,12 @@ def topology_devices(topology: Topology) -> list:
 
 
 def load_config(spec: str):
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise AotError(f"config file {path!r} does not exist")
-  mod_spec = importlib.util.spec_from_file_location("aot_config", path)
-  mod = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(mod)
-  return mod.get_config(arg or None)
+  from launch import import_config_file
+  try:
+    mod, arg = import_config_file(spec, "aot_config")
+  except FileNotFoundError as e:
+    raise AotError(str(e)) from None
+  return mod.get_config(arg)
 
 
 def data_spec(config) -> tuple[int, tuple[int, ...]]:

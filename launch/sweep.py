@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import re
 import sys
 
+from launch import import_config_file
+
 
 def load_config_module(spec: str):
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise SystemExit(f"config file {path!r} does not exist")
-  mod_spec = importlib.util.spec_from_file_location("sweep_config", path)
-  mod = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(mod)
+  try:
+    mod, arg = import_config_file(spec, "sweep_config")
+  except FileNotFoundError as e:
+    raise SystemExit(str(e)) from None
   if not hasattr(mod, "sweep"):
-    raise SystemExit(f"{path} defines no sweep(add) function")
-  return mod, arg or None
+    raise SystemExit(f"{spec.partition(':')[0]} defines no sweep(add) function")
+  return mod, arg
 
 
 def collect(mod) -> list[dict]:
