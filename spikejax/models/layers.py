@@ -271,8 +271,8 @@ class BatchNorm(nnx.Module):
       mean = jnp.sum(xf * m, axis=axes) / n
       var = jnp.sum(jnp.square(xf - mean) * m, axis=axes) / n
       self._update_stats(mean, var, n)
-    inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(xf.dtype)
-    y = (xf - mean) * inv + self.bias[...].astype(xf.dtype)
+    y, _ = _normalize(xf, mean, var, self.scale[...].astype(xf.dtype),
+                      self.bias[...].astype(xf.dtype), self.epsilon)
     if mask is not None:
       y = y * mask.astype(jnp.float32)
     return y.astype(out_dtype)
@@ -296,12 +296,17 @@ def _batch_norm_train(x, scale, bias, epsilon):
   return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
 
 
+def _normalize(x, mean, var, scale, bias, epsilon):
+  """``(x - mean) / sqrt(var + eps) * scale + bias`` and ``1 / sqrt(var + eps)``."""
+  inv = jax.lax.rsqrt(var + epsilon)
+  return (x - mean) * (inv * scale) + bias, inv
+
+
 def _batch_norm_train_fwd(x, scale, bias, epsilon):
   axes = tuple(range(x.ndim - 1))
   mean = jnp.mean(x, axis=axes)
   var = jnp.mean(jnp.square(x - mean), axis=axes)
-  inv = jax.lax.rsqrt(var + epsilon)
-  y = (x - mean) * (inv * scale) + bias
+  y, inv = _normalize(x, mean, var, scale, bias, epsilon)
   return (y, mean, var), (x, mean, inv, scale)
 
 
