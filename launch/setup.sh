@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine: the Fashion-MNIST Debian package, a virtualenv in
-# .venv, and spikejax with its data and test extras. Safe to run again.
+# One-time set-up on a fresh machine: Debian packages (the Fashion-MNIST files; tcmalloc, which
+# the command-line entry points preload, see spikejax/allocator.py), a virtualenv in .venv, and
+# spikejax with its data and test extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+PKGS=()
+[ -d /usr/share/datasets/fashion-mnist ] || PKGS+=(dataset-fashion-mnist)
+ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || PKGS+=(libtcmalloc-minimal4)
+if [ ${#PKGS[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${PKGS[@]}" >/dev/null
   else
-    echo "warning: install the Fashion-MNIST files under /usr/share/datasets/fashion-mnist" >&2
+    echo "warning: install ${PKGS[*]} (Fashion-MNIST files under" \
+         "/usr/share/datasets/fashion-mnist; tcmalloc for speed)" >&2
   fi
 fi
 PY=${PYTHON:-python3}

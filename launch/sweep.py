@@ -105,4 +105,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from spikejax import allocator
+  allocator.reexec()
   sys.exit(main())

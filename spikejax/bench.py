@@ -6,7 +6,9 @@ The training step is the one the official reference times (``official_ref.py ben
 cross-entropy, backward, AdamW (lr 1e-3) update, BN in train mode. The timing is the median
 over ``--steps`` calls after compilation (each call waits for its result). Peak memory is the
 device allocator's peak where the backend reports it (GPU/TPU), else XLA's compiled-memory
-estimate (arguments + outputs + temporaries) and the process's peak RSS.
+estimate (arguments + outputs + temporaries) and the process's peak RSS. ``host_malloc`` says
+which host allocator the process ran with: run as a command it re-executes itself with tcmalloc
+preloaded where it can (``spikejax.allocator``; ``SPIKEJAX_MALLOC=system`` turns that off).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import resource
 import statistics
 import sys
 import time
+
+from spikejax import allocator
 
 
 def _parse(argv):
@@ -127,6 +131,7 @@ def run(args) -> dict:
       "compile_s": round(compile_s, 3), "step_median_s": round(med, 5),
       "step_min_s": round(min(times), 5), "steps": args.steps,
       "images_per_s": round(args.batch / med, 2), **mem,
+      "host_malloc": allocator.in_effect(),
   }
 
 
@@ -158,4 +163,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  allocator.reexec()
   sys.exit(main())

@@ -56,4 +56,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from spikejax import allocator
+  allocator.reexec()
   app.run(main)
