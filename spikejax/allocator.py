@@ -7,7 +7,7 @@ first touch is a page fault that zeroes the page: on this 2-core VM a fresh 128 
 written at 7.5 GB/s against 38 GB/s into memory already mapped (numpy, measured). With
 tcmalloc preloaded, freed pages are reused and that step took 0.62 s instead of 0.85-0.95 s
 (``python -m spikejax.bench --model espikeformer_s --resolution 224 --batch 8 --train --steps 6
---json``, run with and without ``LD_PRELOAD``; README, "Speed").
+--json``, run with and without ``LD_PRELOAD``; README, "Benchmark").
 
 A preload only works from the start of a process, so the command-line entry points
 (``spikejax.main``, ``spikejax.bench``, ``launch.sweep``) call :func:`reexec` first: when the
