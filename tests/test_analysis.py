@@ -15,6 +15,7 @@ from conftest import golden_files, load_golden
 from spikejax.analysis import energy, firing, rank, spike_driven
 from spikejax.convert import load_official_state_dict
 from spikejax.models import SpikeNeuron, create_model
+from spikejax.spiking import record
 from spikejax.train.checkpoints import load_trained, save_model
 from spikejax.train.trainer import SplitTrainer
 
@@ -96,10 +97,12 @@ def test_spike_counts_match_firing_histograms(trained_dir):
 
 def test_half_even_ties_are_counted():
   model = _tiny(rounding="half_even")
-  walker = spike_driven._Walker(model)
   sn = model.conv_block1_1[0].spike1
   u = jnp.asarray([[-1.0, 0.5, 1.5, 2.5, 3.49, 3.5, 4.0, 7.0]])
-  train = walker.fire(sn, u)
+  sd = sn.substep()                     # the binary sub-step IF neuron of spike-driven mode
+  walker = record.SpikeDrivenRecorder({id(sd): "conv_block1_1.0.spike1"})
+  with record.spike_driven_recording(walker):
+    train = sd(u).bits
   np.testing.assert_array_equal(np.asarray(train.sum(0))[0], [0, 1, 2, 3, 3, 4, 4, 4])
   np.testing.assert_array_equal(np.asarray(sn.counts(u))[0], [0, 0, 2, 2, 3, 4, 4, 4])
   assert int(walker.mismatch["conv_block1_1.0.spike1"]) == 2

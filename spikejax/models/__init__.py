@@ -1,6 +1,6 @@
 """E-SpikeFormer model zoo (Flax NNX)."""
 
-from spikejax.models.layers import BatchNorm, SpikeConfig, SpikeNeuron
+from spikejax.models.layers import BatchNorm, Conv, Linear, SpikeConfig, SpikeNeuron
 from spikejax.models.espikeformer import ESpikeFormer, ESpikeFormerConfig, STAGES
 from spikejax.models.spikformer import (LARGE_STAGES, Spikformer, SpikformerConfig,
                                         SpikformerEncoder, upsample_mask)
@@ -12,3 +12,11 @@ def count_params(model) -> int:
   import jax
   from flax import nnx
   return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def predict(model, x):
+  """The model's inference output: ``model.predict(x)`` where a family defines it (the MIM
+  encoder's tokens), else ``model(x)`` (class logits). What spike-driven runs, firing
+  statistics and energy counts evaluate, for every family."""
+  fn = getattr(model, "predict", None)
+  return fn(x) if fn is not None else model(x)

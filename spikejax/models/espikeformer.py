@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spikejax.models.layers import BatchNorm, SpikeConfig, SpikeNeuron, conv2d
+from spikejax.models.layers import BatchNorm, Linear, SpikeConfig, conv2d, make_neuron
+from spikejax.spiking.spike_train import is_train
+from spikejax.spiking.synapse import spike_einsum
 
 Array = jax.Array
 
@@ -40,11 +42,11 @@ class SpikeSepConv(nnx.Module):
                param_dtype=jnp.float32, rngs):
     mid = 2 * dim
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.spike1 = SpikeNeuron(spike)
+    self.spike1 = make_neuron(spike)
     self.pwconv1 = ConvBN(dim, mid, 1, **kw)
-    self.spike2 = SpikeNeuron(spike)
+    self.spike2 = make_neuron(spike)
     self.dwconv = ConvBN(mid, mid, kernel_size, padding=(kernel_size - 1) // 2, groups=mid, **kw)
-    self.spike3 = SpikeNeuron(spike)
+    self.spike3 = make_neuron(spike)
     self.pwconv2 = ConvBN(mid, dim, 1, **kw)
 
   def __call__(self, x):
@@ -61,10 +63,10 @@ class ConvBlock(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     hidden = int(dim * mlp_ratio)
     self.sep_conv = SpikeSepConv(dim, 7, spike, **kw)
-    self.spike1 = SpikeNeuron(spike)
+    self.spike1 = make_neuron(spike)
     self.conv1 = conv2d(dim, hidden, 3, padding=1, use_bias=False, **kw)
     self.bn1 = BatchNorm(hidden, dtype=dtype, param_dtype=param_dtype)
-    self.spike2 = SpikeNeuron(spike)
+    self.spike2 = make_neuron(spike)
     self.conv2 = conv2d(hidden, dim, 3, padding=1, use_bias=False, **kw)
     self.bn2 = BatchNorm(dim, dtype=dtype, param_dtype=param_dtype)
 
@@ -85,14 +87,14 @@ class Attention(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.num_heads = num_heads
     self.scale = 2.0 * (dim // num_heads) ** -0.5
-    self.head_spike = SpikeNeuron(spike)
+    self.head_spike = make_neuron(spike)
     self.q_conv = ConvBN(dim, dim, **kw)
-    self.q_spike = SpikeNeuron(spike)
+    self.q_spike = make_neuron(spike)
     self.k_conv = ConvBN(dim, dim, **kw)
-    self.k_spike = SpikeNeuron(spike)
+    self.k_spike = make_neuron(spike)
     self.v_conv = ConvBN(dim, dim * v_ratio, **kw)
-    self.v_spike = SpikeNeuron(spike)
-    self.attn_spike = SpikeNeuron(spike)
+    self.v_spike = make_neuron(spike)
+    self.attn_spike = make_neuron(spike)
     self.proj_conv = ConvBN(dim * v_ratio, dim, **kw)
 
   def _kv_first_is_exact(self, q, k, v) -> bool:
@@ -103,12 +105,11 @@ class Attention(nnx.Module):
     float32 all of them are exact (order-independent) while that bound stays below 2^24.
     """
     spikes = (self.q_spike, self.k_spike, self.v_spike)
-    if any(t.dtype != jnp.float32 for t in (q, k, v)):
+    if any(is_train(t) or t.dtype != jnp.float32 for t in (q, k, v)):
       return False
     d = 1
     for sn in spikes:
-      c = sn.config
-      top = c.spike_max if c.firing == "sfa" else 1
+      top = sn.top
       norm = float(sn.norm)
       if norm <= 0 or not norm.is_integer() or int(norm) & (int(norm) - 1):
         return False  # the norm must be a power of two (exact division)
@@ -133,8 +134,10 @@ class Attention(nnx.Module):
       # Q (K^T V): the same numbers as (Q K^T) V (see ``_kv_first_is_exact``), far fewer flops.
       o = jnp.einsum("bhnc,bhcd->bhnd", q, jnp.einsum("bhmc,bhmd->bhcd", k, v))
     else:
-      attn = jnp.einsum("bhnc,bhmc->bhnm", q, k)        # Q K^T first, as the official code
-      o = jnp.einsum("bhnm,bhmc->bhnc", attn, v)
+      # Q K^T first, as the official code; spike trains (spike-driven mode) multiply over
+      # their D x D sub-step pairs (spec §1.4)
+      attn = spike_einsum("bhnc,bhmc->bhnm", q, k, op=self, name="qk")
+      o = spike_einsum("bhnm,bhmc->bhnc", attn, v, op=self, name="av")
     o = o * jnp.asarray(self.scale, v.dtype)
     o = o.transpose(0, 2, 1, 3).reshape(n, h, w, -1)
     return self.proj_conv(self.attn_spike(o))
@@ -147,10 +150,10 @@ class MLP(nnx.Module):
                param_dtype=jnp.float32, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     hidden = int(dim * mlp_ratio)
-    self.fc1_spike = SpikeNeuron(spike)
+    self.fc1_spike = make_neuron(spike)
     self.fc1_conv = conv2d(dim, hidden, 1, use_bias=True, **kw)
     self.fc1_bn = BatchNorm(hidden, dtype=dtype, param_dtype=param_dtype)
-    self.fc2_spike = SpikeNeuron(spike)
+    self.fc2_spike = make_neuron(spike)
     self.fc2_conv = conv2d(hidden, dim, 1, use_bias=True, **kw)
     self.fc2_bn = BatchNorm(dim, dtype=dtype, param_dtype=param_dtype)
 
@@ -191,7 +194,7 @@ class DownSampling(nnx.Module):
 
   def __init__(self, cin, cout, spike: SpikeConfig, *, kernel_size=3, stride=2, padding=1,
                first=False, dtype=None, param_dtype=jnp.float32, rngs):
-    self.encode_spike = None if first else SpikeNeuron(spike)
+    self.encode_spike = None if first else make_neuron(spike)
     self.encode_conv = conv2d(cin, cout, kernel_size, stride=stride, padding=padding,
                               use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.encode_bn = BatchNorm(cout, dtype=dtype, param_dtype=param_dtype)
@@ -279,14 +282,14 @@ class ESpikeFormer(nnx.Module):
     self.block3 = blocks(c2, c.block_depths[0])
     self.downsample4 = DownSampling(c2, c3, spike, stride=s[4], **kw)
     self.block4 = blocks(c3, c.block_depths[1])
-    self.head_spike = SpikeNeuron(spike, head=True)
+    self.head_spike = make_neuron(spike, head=True)
     if c.head_init == "trunc_normal":
       head_kernel = jax.nn.initializers.truncated_normal(0.02)
       head_bias = jax.nn.initializers.zeros
     else:
       from spikejax.models.layers import torch_bias_init, torch_kernel_init
       head_kernel, head_bias = torch_kernel_init(), torch_bias_init(c3)
-    self.head = nnx.Linear(c3, c.num_classes, kernel_init=head_kernel, bias_init=head_bias,
+    self.head = Linear(c3, c.num_classes, kernel_init=head_kernel, bias_init=head_bias,
                            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   # ------------------------------------------------------------------ input checks

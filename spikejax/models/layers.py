@@ -1,21 +1,26 @@
-"""Layers with PyTorch semantics (padding, init, BatchNorm) and the spiking-neuron layer.
+"""Layers with PyTorch semantics (padding, init, BatchNorm) and the synapses.
 
 Images are NHWC. The leading axis of every activation is the merged ``T * B`` axis (time-major:
 index ``t * B + b``); only spiking neurons with temporal dynamics unmerge it.
+
+``Conv`` and ``Linear`` are the synapses of every model: on arrays they are ``nnx.Conv`` /
+``nnx.Linear``; fed a ``SpikeTrain`` (spike-driven execution, spec §1.4) they take the binary
+sub-steps one by one with weights scaled by the train's ``1 / norm`` and no bias, sum the
+sub-step currents on the membrane and add the bias once per real timestep.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spikejax import spiking
+from spikejax.spiking import record
+from spikejax.spiking.neurons import (TEMPORAL_MODES, Neuron, SpikeConfig, make_neuron)
+from spikejax.spiking.spike_train import SpikeTrain, is_train
 
 Array = jax.Array
 
@@ -37,6 +42,61 @@ def torch_bias_init(fan_in: int):
   return init
 
 
+# --------------------------------------------------------------------------- synapses
+
+
+def _train_current(layer, train: SpikeTrain, out_sharding=None):
+  """Sub-step currents of ``layer`` for a binary train, summed, plus the bias once."""
+  kernel = layer.kernel[...]
+  bias = layer.bias[...] if layer.bias is not None else None
+  layer.kernel[...] = kernel * jnp.asarray(train.scale, kernel.dtype)
+  if bias is not None:
+    layer.bias[...] = jnp.zeros_like(bias)
+  try:   # a synapse is linear: one call over all D sub-steps (leading axis D)
+    current = layer._apply(train.bits, out_sharding)
+  finally:
+    layer.kernel[...] = kernel
+    if bias is not None:
+      layer.bias[...] = bias
+  u = jnp.sum(current, axis=0)
+  return u if bias is None else u + bias.astype(u.dtype)
+
+
+class Linear(nnx.Linear):
+  """``nnx.Linear`` that also consumes spike trains (see the module docstring)."""
+
+  def _apply(self, x, out_sharding=None):
+    return super().__call__(x, out_sharding=out_sharding)
+
+  def __call__(self, x, out_sharding=None):
+    if is_train(x):
+      y = _train_current(self, x, out_sharding)
+    else:
+      y = self._apply(x, out_sharding)
+    record.synapse(self, "linear", x, y.shape)
+    return y
+
+
+class Conv(nnx.Conv):
+  """``nnx.Conv`` that also consumes spike trains (see the module docstring)."""
+
+  def _apply(self, x, out_sharding=None):
+    return super().__call__(x, out_sharding=out_sharding)
+
+  def __call__(self, x, out_sharding=None):
+    if is_train(x):
+      y = _train_current(self, x, out_sharding)
+    else:
+      y = self._apply(x, out_sharding)
+    record.synapse(self, "conv", x, y.shape)
+    return y
+
+
+def linear(in_features: int, out_features: int, **kwargs) -> Linear:
+  """A ``Linear`` synapse (``nnx.Linear`` arguments)."""
+  return Linear(in_features, out_features, **kwargs)
+
+
 # --------------------------------------------------------------------------- conv / linear
 
 
@@ -49,7 +109,7 @@ def conv2d(in_features: int, out_features: int, kernel_size: int, *, stride: int
   """
   fan_in = in_features // groups * kernel_size * kernel_size
   if kernel_size == 1 and stride == 1 and groups == 1 and padding == 0:
-    return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
+    return Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
                       param_dtype=param_dtype, kernel_init=torch_kernel_init(),
                       bias_init=torch_bias_init(fan_in), rngs=rngs)
   extra = {}
@@ -57,7 +117,7 @@ def conv2d(in_features: int, out_features: int, kernel_size: int, *, stride: int
     extra["conv_general_dilated"] = depthwise_conv_general_dilated
   elif groups == 1 and kernel_size <= 3:
     extra["conv_general_dilated"] = dense_conv_general_dilated
-  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
+  return Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
                   padding=((padding, padding), (padding, padding)), feature_group_count=groups,
                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                   kernel_init=torch_kernel_init(), bias_init=torch_bias_init(fan_in), rngs=rngs,
@@ -331,120 +391,10 @@ _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 # --------------------------------------------------------------------------- spiking neuron
+#
+# The neuron classes live in ``spikejax.spiking.neurons``; models build theirs from a
+# ``SpikeConfig`` with ``make_neuron``. ``SpikeNeuron`` is their common base class.
 
-FiringMode = Literal["sfa", "binary"]
-Temporal = Literal["independent", "if_soft", "if_hard", "lif_soft", "lif_hard"]
-TEMPORAL_MODES = ("independent", "if_soft", "if_hard", "lif_soft", "lif_hard")
-
-
-@dataclasses.dataclass(frozen=True)
-class SpikeConfig:
-  """How every spiking neuron (SN) of a model fires (spec §1, paper §4).
-
-  Attributes:
-    time_steps: T, the number of real timesteps (1 for static images with SFA).
-    spike_max: D, the integer ceiling of SFA firing (= binary sub-steps at inference).
-    norm: divisor after quantisation (default D; the DVS model uses 1). The head neuron
-      always uses 1.
-    rounding, window: SFA rounding rule and surrogate window (``spikejax.spiking.sfa_fire``).
-    firing: ``'sfa'`` integer firing or ``'binary'`` Heaviside spikes with a surrogate
-      gradient (vanilla direct training).
-    temporal: dynamics between real timesteps: ``'independent'`` (per-frame, the official
-      code), or IF/LIF with soft/hard reset with the membrane carried by ``lax.scan``.
-    tau, threshold, v_reset, decay_input, detach_reset: LIF/IF parameters (binary firing
-      uses ``threshold``; SFA's unit threshold is implicit in its integers).
-    surrogate, surrogate_alpha: the surrogate of binary firing.
-  """
-  time_steps: int = 1
-  spike_max: int = 4
-  norm: float | None = None
-  rounding: spiking.fire.Rounding = "half_even"
-  window: spiking.fire.Window = "closed"
-  firing: FiringMode = "sfa"
-  temporal: Temporal = "independent"
-  tau: float = 2.0
-  threshold: float = 1.0
-  v_reset: float = 0.0
-  decay_input: bool = True
-  detach_reset: bool = False
-  surrogate: str = "sigmoid"
-  surrogate_alpha: float = 4.0
-
-  def __post_init__(self):
-    if not isinstance(self.time_steps, int) or self.time_steps < 1:
-      raise ValueError(f"time_steps (T) must be an integer >= 1, got {self.time_steps!r}.")
-    if isinstance(self.spike_max, bool) or not isinstance(self.spike_max, int) \
-        or self.spike_max < 1:
-      raise ValueError(f"spike_max (D) must be an integer >= 1, got {self.spike_max!r}.")
-    if self.rounding not in spiking.ROUNDINGS:
-      raise ValueError(f"rounding must be one of {spiking.ROUNDINGS}, got {self.rounding!r}.")
-    if self.window not in spiking.WINDOWS:
-      raise ValueError(f"window must be one of {spiking.WINDOWS}, got {self.window!r}.")
-    if self.firing not in ("sfa", "binary"):
-      raise ValueError(f"firing must be 'sfa' or 'binary', got {self.firing!r}.")
-    if self.temporal not in TEMPORAL_MODES:
-      raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {self.temporal!r}.")
-    spiking.get_surrogate(self.surrogate)
-
-  @property
-  def output_norm(self) -> float:
-    if self.firing == "binary":
-      return 1.0
-    return float(self.spike_max if self.norm is None else self.norm)
-
-
-class SpikeNeuron(nnx.Module):
-  """The SN layer: elementwise, no parameters (spec §1).
-
-  Input: the membrane potential with a leading merged ``T * B`` axis. Output: the spike
-  value passed on (``S / norm``). With ``record=True`` the neuron sows its firing statistics
-  inside the traced call (no host round trip): ``spike_hist``, the ``(T, top + 1)`` histogram
-  of the counts per real timestep, as ``nnx.Intermediate`` (``spikejax.analysis.firing``).
-  """
-
-  def __init__(self, config: SpikeConfig, *, head: bool = False):
-    self.config = config
-    self.norm = 1.0 if head else config.output_norm
-    self.record = False
-
-  def counts(self, u: Array) -> Array:
-    """The spike counts (integers for SFA, 0/1 for binary) for membrane input ``u``."""
-    c = self.config
-    if c.firing == "sfa":
-      fire = spiking.sfa_fire_count(c.spike_max, c.rounding, c.window)
-    else:
-      kw = {"alpha": c.surrogate_alpha} if c.surrogate in ("sigmoid", "arctan") else {}
-      fire = spiking.binary_fire(c.threshold, spiking.get_surrogate(c.surrogate, **kw))
-    if c.temporal == "independent":
-      return fire(u)
-    T = c.time_steps
-    if u.shape[0] % T:
-      raise ValueError(f"leading axis {u.shape[0]} is not a multiple of time_steps={T}.")
-    kind, reset = c.temporal.split("_")
-    dyn = spiking.NeuronDynamics(
-        tau=c.tau if kind == "lif" else None, reset=reset,
-        threshold=c.threshold if c.firing == "binary" else 1.0, v_reset=c.v_reset,
-        decay_input=c.decay_input, detach_reset=c.detach_reset)
-    x_seq = u.reshape((T, u.shape[0] // T) + u.shape[1:])
-    s, _ = spiking.multistep(x_seq, fire, dyn)
-    return s.reshape(u.shape)
-
-  @property
-  def top(self) -> int:
-    """The largest count one real timestep can emit (D for SFA, 1 for binary spikes)."""
-    return self.config.spike_max if self.config.firing == "sfa" else 1
-
-  def histogram(self, s: Array) -> Array:
-    """``(T, top + 1)`` float32: per real timestep, how many counts equal 0, 1, ..., top."""
-    T = self.config.time_steps
-    st = s.reshape(T, -1)
-    return jnp.stack([jnp.sum(st == k, axis=1) for k in range(self.top + 1)],
-                     axis=1).astype(jnp.float32)
-
-  def __call__(self, u: Array) -> Array:
-    s = self.counts(u)
-    if self.record:
-      self.sow(nnx.Intermediate, "spike_hist", self.histogram(s))
-    if self.norm == 1.0:
-      return s
-    return s / jnp.asarray(self.norm, s.dtype)
+SpikeNeuron = Neuron
+FiringMode = str
+Temporal = str

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spikejax.models.layers import BatchNorm, SpikeConfig
+from spikejax.models.layers import BatchNorm, Linear, SpikeConfig
 from spikejax.models.spikformer import (LARGE_SPIKE, SpikformerConfig, SpikformerEncoder,
                                         upsample_mask)
 
@@ -131,7 +131,7 @@ class Frozen(nnx.Variable):
 
 def _linear(din, dout, *, use_bias=True, dtype=None, param_dtype=jnp.float32, rngs):
   # MAE Linear: trunc_normal(0.02), bias 0 (spec §8 trap 24)
-  return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+  return Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                     kernel_init=jax.nn.initializers.truncated_normal(0.02),
                     bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
@@ -286,6 +286,15 @@ class SpikMAE(SpikformerEncoder):
     T = self.spike.time_steps
     x = jnp.mean(x.reshape((T, -1) + x.shape[1:]).astype(jnp.float32), axis=0).astype(x.dtype)
     return self.norm(x)
+
+  def encode(self, images) -> Array:
+    """The encoder's latent tokens ``(B, L, c2)`` for whole (unmasked) images."""
+    b = images.shape[-4] if images.ndim == 4 else images.shape[1]
+    return self.forward_encoder(images, jnp.ones((b,) + self.grid, images.dtype))
+
+  def predict(self, images) -> Array:
+    """Inference output (``spikejax.models.predict``): the encoder tokens of ``encode``."""
+    return self.encode(images)
 
   def forward_decoder(self, latent, ids_restore) -> Array:
     """Latent tokens -> per-patch predictions ``(B, L, patch*patch*C)``."""

@@ -29,7 +29,8 @@ from flax import nnx
 
 from spikejax.models import espikeformer
 from spikejax.models.espikeformer import MLP, ConvBN, ESpikeFormer
-from spikejax.models.layers import BatchNorm, SpikeConfig, SpikeNeuron, conv2d
+from spikejax.models.layers import BatchNorm, Linear, SpikeConfig, conv2d, make_neuron
+from spikejax.spiking.synapse import spike_einsum
 
 Array = jax.Array
 
@@ -196,9 +197,9 @@ class LargeConvBlock(nnx.Module):
                param_dtype=jnp.float32, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     hidden = int(dim * mlp_ratio)
-    self.spike1 = SpikeNeuron(spike)
+    self.spike1 = make_neuron(spike)
     self.conv1 = ConvUnit(dim, hidden, **kw)
-    self.spike2 = SpikeNeuron(spike)
+    self.spike2 = make_neuron(spike)
     self.conv2 = ConvUnit(hidden, dim, **kw)
 
   def __call__(self, x, mask=None):
@@ -251,14 +252,14 @@ class LargeAttention(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.num_heads = num_heads
     self.scale = float(scale)
-    self.head_spike = SpikeNeuron(spike)
+    self.head_spike = make_neuron(spike)
     self.q_conv = RepConvBN(dim, hidden_ratio, **kw)
-    self.q_spike = SpikeNeuron(spike)
+    self.q_spike = make_neuron(spike)
     self.k_conv = RepConvBN(dim, hidden_ratio, **kw)
-    self.k_spike = SpikeNeuron(spike)
+    self.k_spike = make_neuron(spike)
     self.v_conv = RepConvBN(dim, hidden_ratio, **kw)
-    self.v_spike = SpikeNeuron(spike)
-    self.attn_spike = SpikeNeuron(spike)
+    self.v_spike = make_neuron(spike)
+    self.attn_spike = make_neuron(spike)
     self.proj_conv = RepConvBN(dim, hidden_ratio, **kw)
 
   def __call__(self, x):
@@ -271,8 +272,10 @@ class LargeAttention(nnx.Module):
     q = heads(self.q_spike(self.q_conv(z)))
     k = heads(self.k_spike(self.k_conv(z)))
     v = heads(self.v_spike(self.v_conv(z)))
-    kv = jnp.einsum("bhmc,bhmd->bhcd", k, v)          # K^T V first, as the official code
-    o = jnp.einsum("bhnc,bhcd->bhnd", q, kv) * jnp.asarray(self.scale, v.dtype)
+    # K^T V first, as the official code (spike trains: over their sub-step pairs, spec §1.4)
+    kv = spike_einsum("bhmc,bhmd->bhcd", k, v, op=self, name="kv")
+    o = spike_einsum("bhnc,bhcd->bhnd", q, kv, op=self, name="qkv") * jnp.asarray(self.scale,
+                                                                                v.dtype)
     o = o.transpose(0, 2, 1, 3).reshape(n, num, c)
     return self.proj_conv(self.attn_spike(o))
 
@@ -325,7 +328,7 @@ class LargeBlock(nnx.Module):
                dtype=None, param_dtype=jnp.float32, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     if rep_conv2:
-      self.rep_spike = SpikeNeuron(spike)
+      self.rep_spike = make_neuron(spike)
       self.rep_conv = RepConv(dim, dim, dim, **kw)
     self.has_rep_conv = rep_conv2
     self.attn = LargeAttention(dim, spike, num_heads=num_heads, scale=attn_scale,
@@ -466,10 +469,10 @@ class Spikformer(SpikformerEncoder):
     head_kw = dict(kernel_init=jax.nn.initializers.xavier_uniform(),
                    bias_init=jax.nn.initializers.zeros, dtype=dtype, param_dtype=param_dtype,
                    rngs=rngs)
-    self.head = nnx.Linear(c2, config.num_classes, **head_kw)
+    self.head = Linear(c2, config.num_classes, **head_kw)
     if config.kd:
-      self.head_spike = SpikeNeuron(spike, head=True)
-      self.head_kd = nnx.Linear(c2, config.num_classes, **head_kw)
+      self.head_spike = make_neuron(spike, head=True)
+      self.head_kd = Linear(c2, config.num_classes, **head_kw)
     self.deterministic = False  # train mode; model.eval() sets True
 
   def head_logits(self, x):

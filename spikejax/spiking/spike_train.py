@@ -54,3 +54,76 @@ def nsfr_from_counts(counts: jax.Array, spike_max: int) -> jax.Array:
   d = jnp.arange(1, spike_max + 1, dtype=jnp.float32)
   c = counts.reshape(-1).astype(jnp.float32)
   return jnp.mean(c[None, :] >= d[:, None], axis=1)
+
+
+# ----------------------------------------------------------------------------- execution mode
+
+
+@jax.tree_util.register_pytree_node_class
+class SpikeTrain:
+  """The output of a spiking layer in spike-driven execution (spec §1.4, Proposition 1).
+
+  ``bits``: binary spikes ``(D, *shape)``, one slice per sub-step of each real timestep;
+  the value the integer model passes on is ``scale * sum_d bits[d]`` (``scale = 1 / norm``).
+  ``source``: the spiking layer that fired it (its module, kept out of the pytree leaves).
+  Only synapses (``spikejax.models.layers.Conv`` / ``Linear``) and ``spike_einsum`` consume a
+  train; the shape methods below act on ``shape``, never on the sub-step axis.
+  """
+
+  def __init__(self, bits: jax.Array, scale: float = 1.0, source=None):
+    self.bits = bits
+    self.scale = float(scale)
+    self.source = source
+
+  def tree_flatten(self):
+    return (self.bits,), (self.scale, self.source)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(children[0], *aux)
+
+  @property
+  def sub_steps(self) -> int:
+    return self.bits.shape[0]
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.bits.shape[1:])
+
+  @property
+  def ndim(self) -> int:
+    return self.bits.ndim - 1
+
+  @property
+  def dtype(self):
+    return self.bits.dtype
+
+  def _like(self, bits):
+    return SpikeTrain(bits, self.scale, self.source)
+
+  def reshape(self, *shape):
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return self._like(self.bits.reshape((self.sub_steps,) + tuple(shape)))
+
+  def transpose(self, *axes):
+    axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+    return self._like(self.bits.transpose((0,) + tuple(a + 1 for a in axes)))
+
+  def counts(self) -> jax.Array:
+    """The integer counts (spikes summed over the sub-steps)."""
+    return jnp.sum(self.bits, axis=0)
+
+  def value(self) -> jax.Array:
+    """What the integer model passes on: ``scale * counts`` (for checks, not for compute)."""
+    return self.counts() * jnp.asarray(self.scale, self.bits.dtype)
+
+  def __jax_array__(self):
+    raise TypeError(
+        "a spike train reached an operation that is not a synapse: in spike-driven execution "
+        "spiking layers emit binary trains that only Conv/Linear synapses "
+        "(spikejax.models.layers) and spikejax.spiking.spike_einsum consume; route the "
+        "neuron's output through one of them.")
+
+
+def is_train(x) -> bool:
+  return isinstance(x, SpikeTrain)

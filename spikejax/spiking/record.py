@@ -1,0 +1,224 @@
+"""Firing records that the training loop and the analysis tools both read (spec §7).
+
+A neuron with ``record=True`` sows ``spike_hist``, the ``(T, top + 1)`` histogram of its counts
+per real timestep (``top = D`` for SFA, 1 for binary spikes), as ``nnx.Intermediate`` inside the
+traced call; ``sown_histograms`` reads them back by layer name. ``LayerFiring`` and
+``FiringStats`` turn the histograms into rates, value fractions and the NSFR curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+from flax import nnx
+
+from spikejax.spiking.spike_train import is_train
+
+
+@dataclasses.dataclass
+class LayerFiring:
+  """Firing statistics of one spiking layer from its count histogram."""
+  name: str
+  histogram: np.ndarray          # (T, top + 1) counts of each value per real timestep
+  head: bool = False
+
+  @property
+  def total(self) -> float:
+    return float(self.histogram.sum())
+
+  @property
+  def fractions(self) -> np.ndarray:
+    h = self.histogram.sum(0)
+    return h / max(h.sum(), 1.0)
+
+  @property
+  def mean(self) -> float:
+    """Mean integer activation (spikes per neuron and real timestep)."""
+    f = self.fractions
+    return float(np.dot(np.arange(f.shape[0]), f))
+
+  @property
+  def nonzero(self) -> float:
+    return float(1.0 - self.fractions[0])
+
+  @property
+  def nsfr(self) -> np.ndarray:
+    """``(T, top)``: ``P(S_t >= d)`` for ``d = 1..top`` (spec §7 NSFR)."""
+    h = self.histogram
+    tail = np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]   # counts with S >= d
+    return tail / np.maximum(h.sum(1, keepdims=True), 1.0)
+
+  def as_dict(self) -> dict[str, Any]:
+    return {"mean": self.mean, "nonzero": self.nonzero,
+            "fractions": self.fractions.tolist(), "nsfr": self.nsfr.tolist(),
+            "neurons_seen": self.total, "head": self.head}
+
+
+@dataclasses.dataclass
+class FiringStats:
+  """Per-layer firing of a model over some data; layer order is the forward order."""
+  layers: dict[str, LayerFiring]
+  batches: int
+  images: int
+  accuracy: float | None = None
+
+  def body(self) -> list[LayerFiring]:
+    """The spiking layers except the classification head's neuron."""
+    return [l for l in self.layers.values() if not l.head]
+
+  def mean_rate(self) -> float:
+    """Mean integer activation over all body neurons (weighted by neuron count)."""
+    body = self.body()
+    tot = sum(l.total for l in body)
+    return sum(l.mean * l.total for l in body) / max(tot, 1.0)
+
+  def nsfr_curve(self) -> np.ndarray:
+    """Network NSFR over the whole ``T x D`` schedule, in time order (length ``T * top``)."""
+    body = self.body()
+    tot = sum(l.total for l in body)
+    curve = sum(l.nsfr * l.total for l in body) / max(tot, 1.0)
+    return np.asarray(curve).reshape(-1)
+
+  def as_dict(self) -> dict[str, Any]:
+    return {"batches": self.batches, "images": self.images, "accuracy": self.accuracy,
+            "mean_rate": self.mean_rate(), "nsfr_curve": self.nsfr_curve().tolist(),
+            "layers": {k: v.as_dict() for k, v in self.layers.items()}}
+
+  @classmethod
+  def from_histograms(cls, hists: dict[str, np.ndarray], *, heads=("head_spike",),
+                      batches: int = 0, images: int = 0, accuracy=None) -> "FiringStats":
+    return cls({k: LayerFiring(k, np.asarray(v), head=k in heads) for k, v in hists.items()},
+               batches, images, accuracy)
+
+
+def module_name(path) -> str:
+  return ".".join(str(p) for p in path)
+
+
+def spiking_layers(model: nnx.Module) -> list[tuple[str, Any]]:
+  """``(name, neuron)`` for every spiking neuron of ``model``, in definition order.
+
+  Neurons are the modules whose class sets ``spiking_neuron = True``
+  (``spikejax.spiking.neurons.Neuron`` and its subclasses).
+  """
+  return [(module_name(path), m) for path, m in nnx.iter_modules(model)
+          if getattr(type(m), "spiking_neuron", False)]
+
+
+@contextlib.contextmanager
+def recording(model: nnx.Module, on: bool = True) -> Iterator[None]:
+  """Within the block every neuron of ``model`` sows its histogram (``record = on``)."""
+  neurons = [m for _, m in spiking_layers(model)]
+  for sn in neurons:
+    sn.record = on
+  try:
+    yield
+  finally:
+    for sn in neurons:
+      sn.record = False
+
+
+def sown_histograms(intermediates) -> dict[str, jax.Array]:
+  """``{layer name: (T, top + 1) histogram}`` from ``nnx.capture(..., nnx.Intermediate)``."""
+  hists = {}
+  for path, var in nnx.to_flat_state(intermediates):
+    if path[-1] != "spike_hist":
+      continue
+    v = var.get_value()
+    hists[module_name(path[:-1])] = v[0] if isinstance(v, tuple) else v
+  return hists
+
+
+# --------------------------------------------------------------------------- spike-driven runs
+
+
+@dataclasses.dataclass
+class OpRecord:
+  """One weight layer (or spike matrix product) of a network run spike-driven.
+
+  ``macs``: dense multiply-accumulates per image and real timestep; ``input``: the name of the
+  spiking layer whose spikes it consumes (``None``: a real-valued input, e.g. the stem).
+  """
+  name: str
+  kind: str            # 'conv', 'linear', 'matmul'
+  macs: int
+  input: str | None
+  shape: tuple[int, ...] = ()
+
+
+class SpikeDrivenRecorder:
+  """What one traced spike-driven call records (set up by ``spikejax.analysis.spike_driven``).
+
+  Static records (``ops``, ``neurons`` per image and real timestep) and traced statistics
+  (``spikes`` ``(T, D)`` totals, ``mismatch`` counts, ``maps``) keyed by module name; modules
+  are named by their path in the model through ``names`` (``id(module) -> path``).
+  """
+
+  def __init__(self, names: dict[int, str], *, maps: tuple[str, ...] = (), batch: int = 1,
+               time_steps: int = 1):
+    self.names = names
+    self.map_names = tuple(maps)
+    self.batch = batch
+    self.time_steps = time_steps
+    self.ops: list[OpRecord] = []
+    self.neurons: dict[str, int] = {}
+    self.spikes: dict[str, jax.Array] = {}
+    self.mismatch: dict[str, jax.Array] = {}
+    self.maps: dict[str, jax.Array] = {}
+
+  def name(self, module) -> str:
+    return self.names.get(id(module), f"<unnamed {type(module).__name__}>")
+
+
+_ACTIVE: list[SpikeDrivenRecorder] = []
+
+
+@contextlib.contextmanager
+def spike_driven_recording(recorder: SpikeDrivenRecorder) -> Iterator[SpikeDrivenRecorder]:
+  _ACTIVE.append(recorder)
+  try:
+    yield recorder
+  finally:
+    _ACTIVE.remove(recorder)
+
+
+def active_recorder() -> SpikeDrivenRecorder | None:
+  return _ACTIVE[-1] if _ACTIVE else None
+
+
+def synapse(layer, kind: str, inputs, output_shape) -> None:
+  """Records a conv/linear layer: dense MACs per image and timestep, and its input layer."""
+  rec = active_recorder()
+  if rec is None:
+    return
+  k = layer.kernel[...]
+  per_example = 1
+  for s in output_shape[1:-1]:     # output positions per example (leading axis: T * B)
+    per_example *= int(s)
+  source = rec.name(inputs.source) if is_train(inputs) else None
+  rec.ops.append(OpRecord(rec.name(layer), kind, int(k.size) * per_example, source,
+                          tuple(k.shape)))
+
+
+def matmul(spec: str, a, b, *, op=None, name: str = "matmul") -> None:
+  """Records a spike matrix product: MACs per image and timestep, the first train's source."""
+  rec = active_recorder()
+  if rec is None:
+    return
+  ins, _ = spec.replace(" ", "").split("->")
+  sa, sb = ins.split(",")
+  sizes = dict(zip(sa, a.shape))
+  sizes.update(zip(sb, b.shape))
+  total = 1
+  for v in sizes.values():
+    total *= int(v)
+  per_example = total // int(a.shape[0])    # leading axis: the merged T * B
+  source = next(rec.name(t.source) for t in (a, b) if is_train(t))
+  prefix = rec.name(op) if op is not None else ""
+  shape = tuple(int(sizes[c]) for c in dict.fromkeys(sa[1:] + sb[1:]))
+  rec.ops.append(OpRecord(f"{prefix}.{name}" if prefix else name, "matmul", per_example,
+                          source, shape))
