@@ -1,4 +1,4 @@
-"""Energy estimate of a spike-driven E-SpikeFormer (spec §7; reconstructed, see below).
+"""Energy estimate of any registered spiking model run spike-driven (spec §7, B.5).
 
     E = E_MAC * T * FL_stem + E_AC * sum_{l != stem} SOP_l,     SOP_l = FL_l * T * fr_l
 
@@ -6,7 +6,9 @@
   C_out`` for a conv, ``in * out * tokens`` for a linear layer, and for the softmax-free
   attention the spike matrix products as coded, ``N^2 C`` (Q K^T) and ``N^2 lambda C``
   ((Q K^T) V), per block.
-* The stem conv sees the real-valued image: MACs. Every other layer consumes spikes: ACs,
+* Layers fed real values do MACs: the stem conv (the image) and any non-spiking layer (e.g.
+  RepConv's second conv, a non-spiked head), as the op records of the spike-driven run say
+  (``spike_driven.layer_records``). Every other layer consumes spikes: ACs,
   weighted by ``fr_l``, the mean integer activation of the spiking layer feeding it (spikes
   per neuron and real timestep, summed over the D sub-steps; in ``[0, D]``). Q K^T is
   weighted by the Q firing rate and (Q K^T) V by the V firing rate. BN is folded, residual
@@ -71,16 +73,19 @@ def energy_report(model, image_shape, rates: Mapping[str, float] | Any | None = 
       snn_pj += row["energy_pj"]
     rows.append(row)
   have = rates is not None
-  stem = [r for r in rows if r["op"] == "MAC"]
+  real = [r for r in rows if r["op"] == "MAC"]
+  stem = real[:1] if rows and rows[0]["op"] == "MAC" else []
   return {
       "formula": FORMULA, "e_mac_pj": e_mac_pj, "e_ac_pj": e_ac_pj, "time_steps": T,
-      "spike_max": model.spike.spike_max if model.spike.firing == "sfa" else None,
+      "spike_max": model.spike.spike_max if model.spike.sub_steps > 1 else None,
       "firing": model.spike.firing, "image_shape": list(image_shape),
       "dense_macs": macs_total,
       "dense_macs_conv_linear": sum(r["macs"] for r in rows if r["kind"] != "matmul"),
       "dense_macs_attention": sum(r["macs"] for r in rows if r["kind"] == "matmul"),
       "stem_macs": sum(r["macs"] for r in stem),
       "stem_energy_mj": sum(r["energy_pj"] for r in stem) * 1e-9,
+      "real_input_macs": sum(r["macs"] for r in real),
+      "real_input_energy_mj": sum(r["energy_pj"] for r in real) * 1e-9,
       "sops": sops_total if have else None,
       "snn_energy_mj": snn_pj * 1e-9 if have else None,
       "ann_energy_mj": ann_pj * 1e-9,

@@ -1,6 +1,6 @@
 """Firing statistics of every spiking layer, collected inside the jitted eval step (spec §7).
 
-Each ``SpikeNeuron`` with ``record=True`` sows the histogram of its counts per real timestep
+Each neuron with ``record=True`` sows the histogram of its counts per real timestep
 (``(T, top + 1)``, ``top = D`` for SFA, 1 for binary spikes) during the traced call, so one
 batch costs one device-to-host transfer of a few numbers per layer, never a per-layer sync.
 From the histograms, per layer:
@@ -18,7 +18,6 @@ From the histograms, per layer:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Iterable
 
@@ -28,95 +27,15 @@ import numpy as np
 from flax import nnx
 
 from spikejax.data.event_pipeline import model_input
-from spikejax.models.layers import SpikeNeuron
-
-
-@dataclasses.dataclass
-class LayerFiring:
-  """Firing statistics of one spiking layer (see the module docstring)."""
-  name: str
-  histogram: np.ndarray          # (T, top + 1) counts of each value per real timestep
-  head: bool = False
-
-  @property
-  def total(self) -> float:
-    return float(self.histogram.sum())
-
-  @property
-  def fractions(self) -> np.ndarray:
-    h = self.histogram.sum(0)
-    return h / max(h.sum(), 1.0)
-
-  @property
-  def mean(self) -> float:
-    """Mean integer activation (spikes per neuron and real timestep)."""
-    f = self.fractions
-    return float(np.dot(np.arange(f.shape[0]), f))
-
-  @property
-  def nonzero(self) -> float:
-    return float(1.0 - self.fractions[0])
-
-  @property
-  def nsfr(self) -> np.ndarray:
-    """``(T, top)``: ``P(S_t >= d)`` for ``d = 1..top``."""
-    h = self.histogram
-    tail = np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]   # counts with S >= d
-    return tail / np.maximum(h.sum(1, keepdims=True), 1.0)
-
-  def as_dict(self) -> dict[str, Any]:
-    return {"mean": self.mean, "nonzero": self.nonzero,
-            "fractions": self.fractions.tolist(), "nsfr": self.nsfr.tolist(),
-            "neurons_seen": self.total, "head": self.head}
-
-
-@dataclasses.dataclass
-class FiringStats:
-  """Per-layer firing of a model over some data; layer order is the forward order."""
-  layers: dict[str, LayerFiring]
-  batches: int
-  images: int
-  accuracy: float | None = None
-
-  def body(self) -> list[LayerFiring]:
-    """The spiking layers except the classification head's neuron."""
-    return [l for l in self.layers.values() if not l.head]
-
-  def mean_rate(self) -> float:
-    """Mean integer activation over all body neurons (weighted by neuron count)."""
-    body = self.body()
-    tot = sum(l.total for l in body)
-    return sum(l.mean * l.total for l in body) / max(tot, 1.0)
-
-  def nsfr_curve(self) -> np.ndarray:
-    """Network NSFR over the whole ``T x D`` schedule, in time order (length ``T * top``).
-
-    All body neurons pooled: the fraction of neurons firing at each (timestep, sub-step).
-    """
-    body = self.body()
-    tot = sum(l.total for l in body)
-    curve = sum(l.nsfr * l.total for l in body) / max(tot, 1.0)
-    return np.asarray(curve).reshape(-1)
-
-  def as_dict(self) -> dict[str, Any]:
-    return {"batches": self.batches, "images": self.images, "accuracy": self.accuracy,
-            "mean_rate": self.mean_rate(), "nsfr_curve": self.nsfr_curve().tolist(),
-            "layers": {k: v.as_dict() for k, v in self.layers.items()}}
+from spikejax.models import predict
+from spikejax.spiking import record
+from spikejax.spiking.neurons import Neuron as SpikeNeuron
+from spikejax.spiking.record import FiringStats, LayerFiring, sown_histograms
 
 
 def spiking_layers(model: nnx.Module) -> list[tuple[str, SpikeNeuron]]:
-  """``(name, neuron)`` for every ``SpikeNeuron``, in definition order."""
-  return [(".".join(str(p) for p in path), m) for path, m in nnx.iter_modules(model)
-          if isinstance(m, SpikeNeuron)]
-
-
-def sown_histograms(intermediates) -> dict[str, jax.Array]:
-  """``{layer name: (T, top + 1) histogram}`` from ``nnx.capture(..., nnx.Intermediate)``."""
-  hists = {}
-  for path, var in nnx.to_flat_state(intermediates):
-    v = var.get_value()
-    hists[".".join(str(p) for p in path[:-1])] = v[0] if isinstance(v, tuple) else v
-  return hists
+  """``(name, neuron)`` for every spiking neuron, in definition order."""
+  return record.spiking_layers(model)
 
 
 @functools.lru_cache(maxsize=16)
@@ -128,9 +47,9 @@ def _eval_step(graphdef):
     model.eval()
     for _, sn in spiking_layers(model):
       sn.record = True
-    logits, inter = nnx.capture(model, nnx.Intermediate)(images)
+    out, inter = nnx.capture(predict, nnx.Intermediate)(model, images)
     hists = sown_histograms(inter)
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels) if labels is not None else 0
+    correct = jnp.sum(jnp.argmax(out, -1) == labels) if labels is not None else 0
     return correct, hists
 
   return jax.jit(step)
@@ -153,6 +72,9 @@ def collect(model: nnx.Module, batches: Iterable, *, max_batches: int | None = N
   """
   step = firing_eval_step(model)
   names = [n for n, _ in spiking_layers(model)]
+  if not names:
+    raise TypeError(f"{type(model).__name__} has no spiking neurons: firing statistics need a "
+                    f"spiking model (spikejax.models.create_model(...)).")
   heads = {"head_spike"}   # the classification head's neuron (norm 1) of ESpikeFormer
   total: dict[str, np.ndarray] = {}
   n_batches = n_images = n_correct = 0
