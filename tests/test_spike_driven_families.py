@@ -134,3 +134,41 @@ def test_to_spike_driven_swaps_every_neuron():
   assert [n for n, _ in subs] == before
   # the original model is untouched
   assert not any(isinstance(m, SubstepIF) for _, m in record.spiking_layers(model))
+
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(FMNIST),
+                    reason="apt-get install -y dataset-fashion-mnist")
+def test_analysis_clis_on_a_default_config_workdir(tmp_path, capsys):
+  """``python -m spikejax.analysis.{energy,spike_driven} --checkpoint WORKDIR`` on a workdir of
+  the default Fashion-MNIST config (``spikformer12_512``, the main job's model) in smoke mode."""
+  import json
+  import subprocess
+  import sys
+  from configs import fashion_mnist
+  from spikejax.analysis import energy as energy_cli
+  from spikejax.train import trainer
+  c = fashion_mnist.get_config("runlocal")
+  assert c.model_name == "spikformer12_512"
+  c.progress_bar = False
+  c.max_train_steps = 2
+  workdir = str(tmp_path / "fmnist")
+  trainer.train_and_evaluate(c, workdir)
+  capsys.readouterr()
+  assert energy_cli.main(["--checkpoint", workdir, "--batches", "1", "--batch-size", "16",
+                          "--json"]) == 0
+  rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert rep["model"] == "spikformer12_512" and rep["snn_energy_mj"] > 0
+  assert rep["firing"]["images"] == 16 and 0 < rep["firing"]["mean_rate"] < 4
+  assert rep["image_shape"] == [1, 32, 32, 1] and rep["sops"] > 0
+  out = subprocess.run([sys.executable, "-m", "spikejax.analysis.spike_driven", "--checkpoint",
+                        workdir, "--batches", "1", "--batch-size", "16", "--float64", "--json"],
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  res = json.loads(out.stdout.strip().splitlines()[-1])
+  assert res["rounding"] == "half_up" and res["images"] == 16 and res["float64"]
+  assert res["mismatched_activations"] == 0 and res["argmax_agree"] == 1.0
+  assert res["max_abs_logit_diff"] <= 1e-9
+  assert np.asarray(res["spikes_per_substep"]).shape == (1, 4)
