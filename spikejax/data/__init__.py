@@ -3,18 +3,19 @@
 Public API::
 
   ds = spikejax.data.get_dataset(
-      name,                     # 'fashion_mnist' | 'cifar10' | 'imagenet2012'
+      name,                     # a registered data set: list_datasets()
       split='train',            # any tfds split string ('test', 'validation', 'train[:90%]')
       batch_size=256,           # GLOBAL batch; each process yields batch_size // process_count
       data_dir=None,            # tfds data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)
       train=True,               # shuffle per epoch + augment + drop remainder | ordered, padded
       seed=0,
-      image_size=None,          # 28 / 32 / 224 by default; fashion_mnist 32 = zero-pad 28 -> 32
-      augment='default',        # 'default' | 'none' | None | AugmentConfig | mapping of its fields
+      image_size=None,          # default: get_spec(name).input_shape[0]; fashion_mnist 32: pad
+      augment='default',        # 'default' (spec.augment) | 'none' | None | AugmentConfig | mapping
       process_index=None, process_count=None,   # default jax.process_index()/process_count()
       channels=None,            # 3: replicate Fashion-MNIST's grey channel
       crop_pct=224/232, interpolation='bicubic', num_epochs=None, download=True,
-      num_workers=None, prefetch=2)
+      num_workers=None, prefetch=2,
+      frames=None)              # event sets: FrameConfig / mapping (time_steps, split_by, ...)
   for batch in ds:   # train: endless (or num_epochs) epochs; eval: one pass
     batch['image']   # float32 [B, S, S, C], normalized (dataset mean/std)
     batch['label']   # int32 [B]
@@ -24,6 +25,23 @@ Public API::
   ds.get_batch(epoch, step)          # pure function of (seed, process, epoch, step)
   ds.iterate(start_step), ds.iter_epoch(epoch)
 
+  Event sets (kind 'event'): batch['image'] float32 [B, T, S, S, 2] (batch-major);
+  spikejax.data.model_input(x) gives the models' time-major [T, B, ...].
+
+The data sets (``spikejax.data.registry``; one table for image and event sets)::
+
+  spikejax.data.get_spec(name) -> DatasetSpec   # unknown name: ValueError listing the known ones
+  spikejax.data.list_datasets(kind=None), spikejax.data.DATASETS (name -> spec, read-only)
+  spikejax.data.register(DatasetSpec(name=..., kind='image' | 'event', num_classes=...,
+                                     input_shape=(S, S, C), builder=..., mean=..., std=...,
+                                     augment=AugmentConfig(...), ...))
+  spec.num_classes, spec.input_shape   # (H, W, C) of one image / one event frame
+  spec.example_shape(image_size, channels, time_steps)   # what get_dataset yields per example
+
+A builder is ``builder(spec, split, *, data_dir, download) -> source`` (``spikejax.data.sources``:
+``TfdsBuilder`` for tfds sets, ``ArraySource(images, labels)`` / ``RecordSource(records)`` for
+data in memory). Registering a spec is all a new data set needs.
+
   spikejax.data.prepare_fashion_mnist(data_dir=None, *, source_dir=None,
                                       file_format='array_record', verify=True) -> str
       # builds tfds' own fashion_mnist 3.0.1 from Debian's local files
@@ -31,6 +49,14 @@ Public API::
 
   spikejax.data.load_split_arrays(name, split, data_dir=None, *, download=True, start=0, end=None)
       -> (uint8 images [N, H, W, C], int32 labels [N])   # small datasets, cached in memory
+
+Modules, imports running one way (no circles, counting imports inside functions): leaves
+``transforms``, ``events``, ``emulate``, ``fashion_mnist``; ``augment`` and ``sources`` (tfds /
+in-memory access) on ``transforms``; the tfds builders ``event_datasets`` and ``dvs_datasets``
+on those; ``registry`` (the table; imports the builders only inside the built-in entries'
+functions); ``batching`` (sharding, order, prefetch); the pipelines ``images`` and
+``event_pipeline`` on ``registry``/``batching``/``augment``; ``pipeline`` (``get_dataset``) on
+both pipelines; this package on all.
 
 Every process reads only its own contiguous shard ``[p*n//P, (p+1)*n//P)`` of the split (the
 ``tfds.split_for_jax_process`` scheme); training epochs have ``(n // P) // (B // P)`` steps on
@@ -47,23 +73,35 @@ building Fashion-MNIST does. Normalization constants: ``transforms.IMAGENET_MEAN
 the 60000 training images).
 """
 
-from spikejax.data import augment, transforms
-from spikejax.data.event_pipeline import EVENT_SPECS, FrameConfig, model_input
+from spikejax.data import augment, sources, transforms
+from spikejax.data.augment import AugmentConfig
+from spikejax.data.batching import Dataset
+from spikejax.data.event_pipeline import EventDataset, FrameConfig, model_input
 from spikejax.data.fashion_mnist import prepare_fashion_mnist
-from spikejax.data.pipeline import (SPECS, AugmentConfig, Dataset, DatasetSpec, get_dataset,
-                                    load_split_arrays)
+from spikejax.data.images import ImageDataset, load_split_arrays
+from spikejax.data.pipeline import get_dataset
+from spikejax.data.registry import (DATASETS, EVENT_SPECS, SPECS, DatasetSpec, get_spec,
+                                    list_datasets, register, unregister)
 
 __all__ = [
-    "EVENT_SPECS",
-    "FrameConfig",
-    "model_input",
     "AugmentConfig",
+    "DATASETS",
     "Dataset",
     "DatasetSpec",
+    "EVENT_SPECS",
+    "EventDataset",
+    "FrameConfig",
+    "ImageDataset",
     "SPECS",
     "augment",
     "get_dataset",
+    "get_spec",
+    "list_datasets",
     "load_split_arrays",
+    "model_input",
     "prepare_fashion_mnist",
+    "register",
+    "sources",
     "transforms",
+    "unregister",
 ]

@@ -12,6 +12,10 @@ are never modified). Semantics follow timm's defaults where named so.
   float batch.
 * ``mixup_cutmix``: timm ``Mixup`` in 'batch' mode, with label smoothing -> soft targets.
 * ``smooth_labels``: one-hot with label smoothing for hard labels.
+
+``AugmentConfig`` names the training augmentation of a pipeline; each data set's default is
+``spikejax.data.get_spec(name).augment``. ``augment_config`` turns the ``augment=`` argument
+of ``get_dataset`` into one.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -356,3 +360,71 @@ def mixup_cutmix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generato
   y = smooth_labels(labels, num_classes, label_smoothing)
   targets = (y * np.float32(lam) + y[::-1] * np.float32(1.0 - lam)).astype(np.float32)
   return out, targets, lam
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Training augmentation of an input pipeline (each data set's default: ``DatasetSpec.augment``).
+
+  Attributes:
+    crop: ``'pad'``: random crop with ``padding`` (small images); ``'rrc'``: RandomResizedCrop to
+      ``image_size`` with ``scale``/``ratio`` (ImageNet style); ``'none'``.
+    padding: pixels of zero padding on each side for ``crop='pad'``.
+    flip: random horizontal flip (p = 0.5).
+    scale, ratio: RandomResizedCrop area fraction / aspect-ratio ranges (timm defaults).
+    randaugment: timm RandAugment spec, e.g. ``'rand-m9-mstd0.5-inc1'``; ``None`` = off.
+    reprob, remode, recount: random erasing probability / mode / count (timm ``RandomErasing``).
+    mixup, cutmix: Beta alphas (0 = off); ``mixup_prob``: probability to mix a batch at all;
+      ``switch_prob``: probability of CutMix when both are on.
+    label_smoothing: applied to the soft ``target`` of every training batch.
+  """
+  crop: str = "pad"
+  padding: int = 4
+  flip: bool = True
+  scale: tuple[float, float] = (0.08, 1.0)
+  ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  randaugment: str | None = None
+  reprob: float = 0.0
+  remode: str = "pixel"
+  recount: int = 1
+  mixup: float = 0.0
+  cutmix: float = 0.0
+  mixup_prob: float = 1.0
+  switch_prob: float = 0.5
+  label_smoothing: float = 0.0
+
+  def __post_init__(self):
+    if self.crop not in ("pad", "rrc", "none"):
+      raise ValueError(f"crop must be 'pad', 'rrc' or 'none', got {self.crop!r}")
+    if self.randaugment:
+      RandAugmentConfig.parse(self.randaugment)  # validate early
+
+  @classmethod
+  def none(cls) -> "AugmentConfig":
+    """No augmentation at all (plain one-hot targets)."""
+    return cls(crop="none", flip=False)
+
+
+def augment_config(augment: "AugmentConfig | Mapping[str, Any] | str | None",
+                   default: AugmentConfig) -> AugmentConfig:
+  """The ``augment=`` argument of ``get_dataset`` as an ``AugmentConfig``: ``'default'`` ->
+  ``default`` (the data set's), ``'none'``/``None`` -> ``AugmentConfig.none()``, a mapping ->
+  ``AugmentConfig(**mapping)`` (lists become tuples), an ``AugmentConfig`` -> itself."""
+  if isinstance(augment, str):
+    if augment not in ("default", "none"):
+      raise ValueError("augment must be 'default', 'none', None, an AugmentConfig or a mapping")
+    return AugmentConfig.none() if augment == "none" else default
+  if augment is None:
+    return AugmentConfig.none()
+  if hasattr(augment, "to_dict"):  # an ml_collections.ConfigDict
+    augment = augment.to_dict()
+  if isinstance(augment, Mapping):
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in augment.items()})
+  if not isinstance(augment, AugmentConfig):
+    raise TypeError(f"augment must be 'default', 'none', None, an AugmentConfig or a mapping; "
+                    f"got {type(augment).__name__}")
+  return augment

@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from spikejax.data import emulate
+from spikejax.data import emulate, sources
+from spikejax.data import fashion_mnist as fmnist
 
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                   "Sneaker", "Bag", "Ankle boot")
@@ -53,6 +54,15 @@ def as_feature(t, x, y, p) -> dict[str, np.ndarray]:
                      f"{t.shape}, {x.shape}, {y.shape}, {p.shape}")
   return {"t": t.astype(np.int32), "x": x.astype(np.uint16), "y": y.astype(np.uint16),
           "p": p.astype(np.uint8)}
+
+
+def fashion_mnist_arrays(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """The tfds ``fashion_mnist`` split (uint8 [N, 28, 28, 1], int32 [N]), in its prepared order;
+  prepared from Debian's files first when absent (``fashion_mnist.prepare_fashion_mnist``)."""
+  source = sources.open_tfds_source("fashion_mnist", split, data_dir=data_dir, download=True,
+                                    in_memory=True, prepare=fmnist.prepare_fashion_mnist,
+                                    hint=fmnist.PREPARE_HINT)
+  return sources.load_arrays(source, channels=1)
 
 
 class EventFashionMnistConfig(tfds.core.BuilderConfig):
@@ -92,9 +102,7 @@ class EventFashionMnist(tfds.core.GeneratorBasedBuilder):
     return {"train": self._generate_examples("train"), "test": self._generate_examples("test")}
 
   def _generate_examples(self, split: str):
-    from spikejax.data import pipeline  # pylint: disable=import-outside-toplevel
-    images, labels = pipeline.load_split_arrays("fashion_mnist", split,
-                                                data_dir=str(self.data_dir_root))
+    images, labels = fashion_mnist_arrays(split, str(self.data_dir_root))
     cfg, seed = self.builder_config.emulator, self.builder_config.seed
     chunk = 512
     for lo in range(0, len(images), chunk):

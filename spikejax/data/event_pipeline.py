@@ -1,9 +1,12 @@
-"""Input pipeline of event-camera data sets: stored event streams -> batches of T frames.
+"""Input pipeline of event-camera data sets (``DatasetSpec.kind == 'event'``) -> batches of
+T frames.
 
-The same sharding, order and determinism as the image pipeline (``pipeline.Dataset``: a batch
-is a pure function of (seed, process, epoch, step)); the records are event streams in the
-layout of ``spikejax.data.event_datasets`` and are binned into frames at read time
-(``spikejax.data.events.events_to_frames``).
+The same sharding, order and determinism as the image pipeline (``spikejax.data.batching``: a
+batch is a pure function of (seed, process, epoch, step)). ``EventDataset(spec, ...)`` reads
+the source of its spec's builder: records of event streams in the layout of
+``spikejax.data.event_datasets`` (``spec.event_format == 'events'``), binned into frames at
+read time (``spikejax.data.events.events_to_frames``), or pre-rendered frame images
+(``'frame_images'``: the HAR-DVS clip, ``dvs_datasets.hardvs_clip``, spec section 6.1).
 
 Batches: ``image`` float32 ``[B, T, H, W, 2]`` (batch-major; channel 0 OFF, 1 ON; event counts
 or 0/1), ``label`` int32 ``[B]``, train ``target`` (one-hot, optionally smoothed), eval
@@ -18,23 +21,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from spikejax.data import augment as A
-from spikejax.data import pipeline as P
+from spikejax.data.augment import AugmentConfig
+from spikejax.data.batching import Batch, Dataset, eval_batch
+from spikejax.data.registry import EVENT_SPECS, DatasetSpec
 
-
-@dataclasses.dataclass(frozen=True)
-class EventSpec:
-  num_classes: int
-  sensor_size: tuple[int, int]  # (width, height)
-  kind: str = "events"          # 'events': stored streams; 'frame_images': HAR-DVS frames
-  default_size: int | None = None
-
-
-EVENT_SPECS: Mapping[str, EventSpec] = {
-    "event_fashion_mnist": EventSpec(10, (34, 34)),   # emulated (spikejax.data.emulate)
-    "cifar10_dvs": EventSpec(10, (128, 128)),         # DVS128 recordings (dvs_datasets)
-    # pre-rendered DAVIS346 frame images, the official loader's clip (spec §6.1)
-    "har_dvs": EventSpec(300, (346, 260), "frame_images", 224),
-}
+__all__ = ["EVENT_SPECS", "EventDataset", "FrameConfig", "frame_config", "model_input"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +37,8 @@ class FrameConfig:
     split_by: ``'time'`` (T equal time bins over the recording) or ``'count'`` (T chunks of
       equal event numbers).
     mode: ``'count'`` (events per pixel and polarity) or ``'binary'`` (1 where any).
-    size: output side (square); default the sensor size (event coordinates are binned:
-      ``x * size // width``).
+    size: output side (square); default the spec's frame side (``DatasetSpec.input_shape[0]``;
+      event coordinates are binned: ``x * size // width``).
   """
   time_steps: int = 4
   split_by: str = "time"
@@ -65,18 +56,22 @@ class FrameConfig:
       raise ValueError(f"frame size must be >= 1, got {self.size!r}")
 
 
-def default_augment(name: str) -> P.AugmentConfig:
-  """``event_fashion_mnist``: none (short budgets underfit, as for Fashion-MNIST);
-  ``cifar10_dvs``: flip + random shift of up to 5 px (the official loader's roll, spec §6.4);
-  ``har_dvs``: label smoothing 0.1 (spec §6.3); its clip flips every frame itself (§6.1)."""
-  if name == "cifar10_dvs":
-    return P.AugmentConfig(crop="pad", padding=5, flip=True)
-  if name == "har_dvs":
-    return P.AugmentConfig(crop="none", flip=False, label_smoothing=0.1)
-  return P.AugmentConfig.none()
+def frame_config(frames: FrameConfig | Mapping[str, Any] | None,
+                 image_size: int | None = None) -> FrameConfig:
+  """The ``frames=`` argument of ``get_dataset`` as a ``FrameConfig``; ``image_size`` sets
+  ``size``."""
+  if frames is None:
+    frames = FrameConfig()
+  elif hasattr(frames, "to_dict"):  # an ml_collections.ConfigDict
+    frames = FrameConfig(**frames.to_dict())
+  elif isinstance(frames, Mapping):
+    frames = FrameConfig(**dict(frames))
+  if image_size is not None:
+    frames = dataclasses.replace(frames, size=image_size)
+  return frames
 
 
-def _check_augment(aug: P.AugmentConfig) -> None:
+def _check_augment(aug: AugmentConfig) -> None:
   bad = [f for f, ok in (("crop='rrc'", aug.crop != "rrc"), ("randaugment", not aug.randaugment),
                          ("random erasing", aug.reprob == 0),
                          ("mixup/cutmix", aug.mixup == 0 and aug.cutmix == 0)) if not ok]
@@ -85,53 +80,46 @@ def _check_augment(aug: P.AugmentConfig) -> None:
                      f"pixels) and label smoothing; not {', '.join(bad)}.")
 
 
-class EventDataset(P.Dataset):
-  """A per-process shard of an event data set as batches of frames (module docstring)."""
+class EventDataset(Dataset):
+  """A per-process shard of an event data set as batches of frames (module docstring).
 
-  def __init__(self, name: str, *, split: str, batch_size: int, data_dir: str | None,
-               train: bool, seed: int, frames: FrameConfig, augment: P.AugmentConfig | None,
+  Attributes: those of ``batching.Dataset``, and ``frames`` (the ``FrameConfig``),
+  ``sensor_size`` ((width, height)), ``image_size`` (frame side S), ``channels`` (2),
+  ``image_shape`` (``(T, S, S, 2)``).
+  """
+
+  def __init__(self, spec: DatasetSpec, *, split: str, batch_size: int, data_dir: str | None,
+               train: bool, seed: int, frames: FrameConfig, augment: AugmentConfig | None,
                process_index: int, process_count: int, num_epochs: int | None, download: bool,
                num_workers: int | None, prefetch: int):
-    import os
-    if name not in EVENT_SPECS:
-      raise ValueError(f"unsupported event dataset {name!r}; one of {sorted(EVENT_SPECS)}")
-    P.check_sharding(batch_size, seed, process_index, process_count)
-    spec = EVENT_SPECS[name]
-    self.name, self.split, self.train, self.seed = name, split, train, int(seed)
-    self.batch_size, self.local_batch_size = batch_size, batch_size // process_count
-    self.process_index, self.process_count = process_index, process_count
-    self.num_classes = spec.num_classes
+    if spec.kind != "event":
+      raise ValueError(f"{spec.name} is an {spec.kind} data set, not an event one")
+    self._init_common(spec, split=split, batch_size=batch_size, train=train, seed=seed,
+                      process_index=process_index, process_count=process_count,
+                      num_epochs=num_epochs, num_workers=num_workers, prefetch=prefetch)
     self.frames = frames
-    self.augment = (augment or P.AugmentConfig.none()) if train else None
+    self.augment = (augment or AugmentConfig.none()) if train else None
     if self.augment is not None:
       _check_augment(self.augment)
-    self.num_epochs = num_epochs if train else 1
-    self.prefetch = prefetch
-    self.num_workers = num_workers or min(8, os.cpu_count() or 1)
-    self._pool = None
-    self._perm_cache = None
 
-    builder = _event_builder(name, data_dir, download)
-    meta = builder.info.metadata or {}
-    self.sensor_size = tuple(meta.get("sensor_size", spec.sensor_size))
-    self.spec = spec
-    size = frames.size or spec.default_size or self.sensor_size[0]
+    self._source = spec.builder(spec, split, data_dir=data_dir, download=download)
+    self.sensor_size = tuple(int(v) for v in self._source.metadata.get("sensor_size",
+                                                                       spec.sensor_size))
+    size = frames.size or spec.image_size
     self.image_size = size
     self.channels = 2
-    self.image_shape = (frames.time_steps, size, size, 2)
-    source = P._open_source(builder, split, images=False)  # pylint: disable=protected-access
-    if source is None:
-      raise ValueError(f"{name} in {builder.data_dir} has no random access; prepare it with "
-                       "file_format='array_record'")
-    self._source = source
-    self._set_shard(len(source))
+    self.image_shape = spec.example_shape(size, time_steps=frames.time_steps)
+    # events_to_frames bins to (size, size); at the sensor's own size that is the identity
+    self._bin_size = None if (size, size) == self.sensor_size[::-1] else (size, size)
+    self._set_shard(len(self._source))
 
   def _frames(self, record: Mapping[str, Any], index: int, epoch: int) -> np.ndarray:
+    # imported here: dvs_datasets imports tensorflow_datasets, events imports jax
+    from spikejax.data import dvs_datasets  # pylint: disable=import-outside-toplevel
     from spikejax.data import events as E  # pylint: disable=import-outside-toplevel
     f = self.frames
-    if self.spec.kind == "frame_images":
-      from spikejax.data import dvs_datasets  # pylint: disable=import-outside-toplevel
-      rng = P._rng(self.seed, P._TAG_EXAMPLE, 0, epoch, index)  # pylint: disable=protected-access
+    if self.spec.event_format == "frame_images":
+      rng = self._example_rng(index, epoch)
       return dvs_datasets.hardvs_clip(record["frames"], f.time_steps, train=self.train, rng=rng,
                                       size=self.image_size,
                                       resize=round(self.image_size * 256 / 224))
@@ -139,15 +127,14 @@ class EventDataset(P.Dataset):
     stream = E.EventStream.from_arrays(
         np.asarray(ev["t"], np.int64), np.asarray(ev["x"]), np.asarray(ev["y"]),
         np.asarray(ev["p"]), sensor_size=self.sensor_size)
-    size = None if f.size is None else (f.size, f.size)
     return E.events_to_frames(stream, f.time_steps, split_by=f.split_by, mode=f.mode,
-                              size=size)
+                              size=self._bin_size)
 
-  def get_batch(self, epoch: int, step: int) -> P.Batch:
+  def get_batch(self, epoch: int, step: int) -> Batch:
     idx, valid = self.batch_indices(epoch, step)
-    rng = P._rng(self.seed, P._TAG_BATCH, self.process_index, epoch, step)  # pylint: disable=protected-access
+    rng = self._batch_rng(epoch, step)
     global_idx = idx + self.shard[0]
-    records = P._read_records(self._source, global_idx)  # pylint: disable=protected-access
+    records = self._source.read(global_idx)
     labels = np.asarray([r["label"] for r in records], np.int32)
     args = [(r, int(g), epoch) for r, g in zip(records, global_idx, strict=True)]
     x = np.stack(self._map(lambda a: self._frames(*a), args)) if records else \
@@ -156,7 +143,7 @@ class EventDataset(P.Dataset):
       x = self._augment(x, rng)
       target = A.smooth_labels(labels, self.num_classes, self.augment.label_smoothing)
       return {"image": x, "label": labels, "target": target}
-    return P.eval_batch(x, labels, valid, self.local_batch_size)
+    return eval_batch(x, labels, valid, self.local_batch_size)
 
   def _augment(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The same flip and shift for all T frames of an example (zeros shifted in)."""
@@ -172,25 +159,6 @@ class EventDataset(P.Dataset):
       oy, ox = rng.integers(0, 2 * p + 1, b), rng.integers(0, 2 * p + 1, b)
       x = np.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(b)])
     return np.ascontiguousarray(x, np.float32)
-
-
-def _event_builder(name: str, data_dir: str | None, download: bool):
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  # importing registers the builders with tfds
-  from spikejax.data import dvs_datasets, event_datasets  # pylint: disable=import-outside-toplevel,unused-import
-
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    if name == "event_fashion_mnist" and download:
-      event_datasets.prepare_event_fashion_mnist(data_dir)
-      return tfds.builder(name, data_dir=data_dir)
-    hint = ("spikejax.data.event_datasets.prepare_event_fashion_mnist(data_dir)"
-            if name == "event_fashion_mnist" else
-            f"`tfds build {name} --manual_dir=<your copy> --file_format=array_record "
-            "--imports spikejax.data.dvs_datasets`")
-    raise FileNotFoundError(f"event data set {name!r} is not prepared in {builder.data_dir}; "
-                            f"build it with {hint}")
-  return builder
 
 
 def model_input(x):

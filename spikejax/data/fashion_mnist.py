@@ -42,6 +42,9 @@ import numpy as np
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = f"apt-get update && apt-get install -y {DEBIAN_PACKAGE}"
+#: How to build the tfds data set by hand (the error when it is missing).
+PREPARE_HINT = ("spikejax.data.prepare_fashion_mnist(data_dir) (from the Debian files: "
+                f"{INSTALL_HINT})")
 
 #: sha256 and size of the *decompressed* idx files (identical in the upstream archives and
 #: Debian's recompressed ones). Header + 60000/10000 examples of 28x28 uint8 / uint8 labels.

@@ -1,0 +1,257 @@
+"""Random-access example sources: what a ``DatasetSpec.builder`` returns and pipelines read.
+
+A *source* is a sized, random-access collection of records (``dict``s) with ``metadata``:
+
+* ``len(source)``: number of examples of the split;
+* ``source.read(indices) -> list[dict]``: the records at ``indices`` (in that order);
+* ``source.metadata``: a mapping of facts stored with the data (e.g. ``sensor_size``);
+* ``source.location``: where it was read from (for messages).
+
+Record layouts by data set kind (``DatasetSpec.kind``):
+
+* ``'image'``: ``{'image': PNG/JPEG bytes or uint8 [H, W, C], 'label': int}``;
+* ``'event'`` (``event_format='events'``): ``{'events': {'t', 'x', 'y', 'p'}, 'label'}``
+  (``spikejax.data.event_datasets`` layout); (``'frame_images'``): ``{'frames': [T, H, W(, 1)]
+  uint8, 'label'}`` (``har_dvs``).
+
+Sources here: ``ArraySource`` (in-memory image arrays), ``RecordSource`` (a list of records),
+``TfdsSource`` (a tfds ``data_source``; array_record files, no TensorFlow at read time), and
+``TfdsBuilder``, the builder of any tfds data set. ``load_arrays`` decodes an image source into
+uint8 arrays, cached per process. Nothing here knows a particular data set; the registry
+(``spikejax.data.registry``) says which builder serves which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from spikejax.data import transforms as T
+
+
+class Source(Protocol):
+  """What pipelines read (module docstring)."""
+  metadata: Mapping[str, Any]
+  location: str
+
+  def __len__(self) -> int: ...
+
+  def read(self, indices: Sequence[int]) -> list[dict[str, Any]]: ...
+
+
+class ArraySource:
+  """Images and labels held in memory: records ``{'image': uint8 [H, W, C], 'label': int}``.
+
+  ``images``: uint8 ``[N, H, W, C]`` (``[N, H, W]`` gets a channel axis); ``labels``: ints
+  ``[N]``. ``arrays(start, end)`` gives read-only views, so image pipelines skip decoding.
+  """
+
+  def __init__(self, images, labels, *, metadata: Mapping[str, Any] | None = None,
+               location: str = "<memory>"):
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[..., None]
+    labels = np.asarray(labels)
+    if images.ndim != 4 or images.dtype != np.uint8:
+      raise ValueError(f"images must be uint8 [N, H, W, C]; got {images.dtype} {images.shape}")
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f"labels must be integers [N={len(images)}]; got {labels.dtype} "
+                       f"{labels.shape}")
+    self.images = images
+    self.labels = labels.astype(np.int32)
+    for a in (self.images, self.labels):
+      a.setflags(write=False)
+    self.metadata = dict(metadata or {})
+    self.location = location
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def read(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return [{"image": self.images[i], "label": int(self.labels[i])} for i in indices]
+
+  def arrays(self, start: int = 0, end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[start:end], self.labels[start:end]
+
+
+class RecordSource:
+  """A sequence of records held in memory (any layout of the module docstring)."""
+
+  def __init__(self, records: Sequence[Mapping[str, Any]], *,
+               metadata: Mapping[str, Any] | None = None, location: str = "<memory>"):
+    self.records = list(records)
+    self.metadata = dict(metadata or {})
+    self.location = location
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def read(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return [dict(self.records[int(i)]) for i in indices]
+
+
+class TfdsSource:
+  """A tfds random-access ``data_source`` of one split of a prepared builder."""
+
+  def __init__(self, builder, data_source, split: str):
+    self.builder, self.data_source, self.split = builder, data_source, split
+    self.metadata = dict(builder.info.metadata or {})
+    self.location = os.fspath(builder.data_dir)
+    self.cache_key = (builder.name, self.location, split)
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+  def read(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    indices = [int(i) for i in indices]
+    try:
+      return list(self.data_source.__getitems__(indices))  # batched (parallel in array_record)
+    except TypeError:  # tfds.testing.mock_data's data source mock breaks __getitems__
+      return [self.data_source[i] for i in indices]
+
+
+_ARRAY_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(key, make):
+  with _CACHE_LOCK:
+    if key in _ARRAY_CACHE:
+      return _ARRAY_CACHE[key]
+  value = make()
+  with _CACHE_LOCK:
+    return _ARRAY_CACHE.setdefault(key, value)
+
+
+def decode_image(data, channels: int) -> np.ndarray:
+  """A record's ``image`` (encoded bytes or a uint8 array) as uint8 ``[H, W, channels]``."""
+  if isinstance(data, (bytes, bytearray, np.bytes_)):
+    return T.decode_image(bytes(data), channels)
+  image = np.asarray(data, np.uint8)
+  return image[..., None] if image.ndim == 2 else image
+
+
+def load_arrays(source: Source, channels: int, start: int = 0,
+                end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Examples ``[start, end)`` of an image source as read-only ``(uint8 [N, H, W, C], int32
+  [N])``; decoded once per process (cached by the source's ``cache_key``, when it has one)."""
+  if hasattr(source, "arrays"):
+    return source.arrays(start, end)
+  end = len(source) if end is None else end
+
+  def make():
+    images, labels = None, np.empty((end - start,), np.int32)
+    chunk = 8192
+    for lo in range(start, end, chunk):
+      for j, rec in enumerate(source.read(range(lo, min(end, lo + chunk)))):
+        image = decode_image(rec["image"], channels)
+        if images is None:
+          images = np.empty((end - start,) + image.shape, np.uint8)
+        images[lo - start + j] = image
+        labels[lo - start + j] = rec["label"]
+    if images is None:
+      images = np.zeros((0, 1, 1, channels), np.uint8)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+  key = getattr(source, "cache_key", None)
+  return make() if key is None else _cached(("arrays",) + tuple(key) + (start, end), make)
+
+
+# --------------------------------------------------------------------------- tfds
+
+
+def open_tfds_builder(name: str, data_dir: str | None, download: bool, *,
+                      prepare: Callable[[str | None], Any] | None = None, manual: bool = False,
+                      hint: str | None = None):
+  """``tfds.builder(name)``, prepared first when it is not and ``download``: with
+  ``prepare(data_dir)`` or tfds' ``download_and_prepare(file_format='array_record')``.
+
+  Raises ``FileNotFoundError`` (saying how to build it) when it is not prepared and cannot be
+  (``download=False``, or ``manual``: data downloaded by hand)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  if not download or manual:
+    raise not_prepared_error(builder, manual, hint)
+  if prepare is not None:
+    prepare(data_dir)
+  else:
+    builder.download_and_prepare(file_format="array_record")
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def not_prepared_error(builder, manual: bool, hint: str | None) -> FileNotFoundError:
+  hint = hint or f"`tfds build {builder.name} --file_format=array_record --data_dir=...`"
+  how = f"build it with {hint}" if manual else f"pass download=True or build it with {hint}"
+  return FileNotFoundError(f"data set {builder.name!r} is not prepared in {builder.data_dir}; "
+                           f"{how}")
+
+
+def open_tfds_source(name: str, split: str, *, data_dir: str | None = None,
+                     download: bool = True, images: bool = True, in_memory: bool = False,
+                     prepare: Callable[[str | None], Any] | None = None, manual: bool = False,
+                     hint: str | None = None) -> Source:
+  """Split ``split`` of tfds data set ``name`` as a source (``open_tfds_builder`` prepares it).
+
+  ``images``: leave the ``image`` feature encoded (decoded by the pipeline). A data set
+  prepared without random access (tfrecord) is read whole into an ``ArraySource`` with
+  ``as_dataset`` (needs TensorFlow) when ``in_memory``; otherwise that is a ``ValueError``.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  builder = open_tfds_builder(name, data_dir, download, prepare=prepare, manual=manual,
+                              hint=hint)
+  decoders = {"image": tfds.decode.SkipDecoding()} if images else None
+  try:
+    return TfdsSource(builder, builder.as_data_source(split=split, decoders=decoders), split)
+  except NotImplementedError as e:  # tfds' answer for formats without random access
+    if not builder.is_prepared():
+      raise not_prepared_error(builder, manual, hint) from e
+    if not in_memory:
+      raise ValueError(
+          f"{name} is prepared in {builder.data_dir} in a format without random access; "
+          f"prepare it with file_format='array_record' (`tfds build {name} "
+          "--file_format=array_record`)") from e
+
+  def make():
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    return ArraySource(np.asarray(data["image"], np.uint8), np.asarray(data["label"], np.int32),
+                       metadata=builder.info.metadata or {},
+                       location=os.fspath(builder.data_dir))
+  return _cached(("as_dataset", name, os.fspath(builder.data_dir), split), make)
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsBuilder:
+  """``DatasetSpec.builder`` of a tfds data set: ``builder(spec, split, data_dir=, download=)``.
+
+  Attributes:
+    tfds_name: the tfds name (default: the spec's name).
+    prepare: called as ``prepare(data_dir)`` to build it when missing (default: tfds'
+      ``download_and_prepare(file_format='array_record')``).
+    manual: the data must be downloaded by hand; never prepared automatically.
+    hint: how to build it, for the error when it is missing.
+    setup: called first, e.g. to import the module that registers the tfds builder class.
+  """
+  tfds_name: str | None = None
+  prepare: Callable[[str | None], Any] | None = None
+  manual: bool = False
+  hint: str | None = None
+  setup: Callable[[], Any] | None = None
+
+  def __call__(self, spec, split: str, *, data_dir: str | None = None,
+               download: bool = True) -> Source:
+    if self.setup is not None:
+      self.setup()
+    return open_tfds_source(self.tfds_name or spec.name, split, data_dir=data_dir,
+                            download=download, images=spec.kind == "image",
+                            in_memory=spec.in_memory, prepare=self.prepare, manual=self.manual,
+                            hint=self.hint)
