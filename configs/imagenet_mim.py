@@ -5,9 +5,10 @@ Train_Large.md), for TPU pods.
     python -m spikejax.main --config=configs/imagenet_mim.py:768 --workdir=...
     python -m spikejax.main --config=configs/imagenet_mim.py:512,runlocal --workdir=/tmp/x
 
-Arguments: ``512`` (``spikmae_12_512``, the 83M encoder) or ``768`` (``spikmae_12_768``, 173.8M
-with the decoder), ``official_order`` (reproduce the official decoder's token permutation,
-spec §8 trap 8), ``runlocal`` (a tiny model for two steps, e.g. under tfds mock data).
+Arguments: ``512`` (``spikmae_12_512``, the 83M encoder; the default) or ``768``
+(``spikmae_12_768``, 173.8M with the decoder; also as ``size=768``), ``official_order``
+(reproduce the official decoder's token permutation, spec §8 trap 8), ``runlocal`` (a tiny
+model for two steps, e.g. under tfds mock data). Any other argument is an error.
 
 Recipe: T = 1, D = 4 (LARGE neurons: round half up, open window); mask ratio 0.5 (what the
 official code uses); global batch 2048 (256 x 8); AdamW betas (0.9, 0.95), eps 1e-4, weight
@@ -18,91 +19,52 @@ what fits which TPU slice).
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+
+from configs import common
 
 MODELS = {"512": "spikmae_12_512", "768": "spikmae_12_768"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = set(filter(None, (arg or "512").split(",")))
-  sizes = args & set(MODELS)
-  if len(sizes) > 1:
-    raise ValueError(f"choose one of {sorted(MODELS)}, got {sorted(sizes)}")
-  size = sizes.pop() if sizes else "512"
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.task = "mim"
-  c.dataset = "imagenet2012"
-  c.data_dir = placeholder(str)
-  c.train_split = "train"
-  c.eval_split = "validation"
+  a = common.parse_arg(arg, size=common.one_of(*MODELS), official_order=False, runlocal=False)
+  c = common.trainer_defaults(
+      task="mim", dataset="imagenet2012", eval_split="validation",
+      augment=ml_collections.ConfigDict(dict(
+          crop="rrc", scale=(0.2, 1.0), flip=True, randaugment="", reprob=0.0, mixup=0.0,
+          cutmix=0.0, label_smoothing=0.0)))
   c.image_size = 224
-  c.channels = placeholder(int)
-  c.augment = ml_collections.ConfigDict(dict(
-      crop="rrc", scale=(0.2, 1.0), flip=True, randaugment="", reprob=0.0, mixup=0.0,
-      cutmix=0.0, label_smoothing=0.0))
   c.batch_size = 2048
   c.eval_batch_size = 1024
 
-  c.model_name = MODELS[size]
-  c.model = ml_collections.ConfigDict()
+  c.model_name = MODELS[a.size]
   c.model.mask_ratio = 0.5
-  c.model.token_order = "official" if "official_order" in args else "spatial"
+  c.model.token_order = "official" if a.official_order else "spatial"
 
-  c.mode = "sfa"
-  c.spike = ml_collections.ConfigDict()
-  c.spike.spike_max = 4
-  c.spike.time_steps = 1
   c.spike.rounding = "half_up"
   c.spike.window = "open"
 
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"
   c.optimizer.lr = 1.5e-4 * c.batch_size / 256
-  c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.95
   c.optimizer.eps = 1e-4
-  c.optimizer.weight_decay = 0.05
   c.optimizer.decay_all = True          # the official code decays every parameter
   c.optimizer.grad_clip_norm = 0.0      # none
-  c.optimizer.layer_decay = 1.0
   c.warmup_epochs = 20.0
   c.min_lr = 5e-6
   c.num_epochs = 200.0
-  c.time_limit_minutes = placeholder(float)
-  c.ema_decay = 0.0
-  c.stop_after_steps = placeholder(int)
 
   c.dtype = "bfloat16"
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1
   c.mesh.fsdp = 4
-
   c.log_every_steps = 100
   c.eval_every_epochs = 10
   c.checkpoint_every_steps = 2000
-  c.keep_checkpoints = 3
-  c.progress_bar = True
-  c.max_train_steps = placeholder(int)
-  c.max_eval_steps = placeholder(int)
 
-  if "runlocal" in args:
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.image_size = 64
+  if a.runlocal:
+    common.apply_runlocal(c, image_size=64)
     c.model.embed_dims = (8, 16, 16)
     c.model.depth = 1
     c.model.decoder_dim = 16
     c.model.decoder_depth = 1
-    c.dtype = "float32"
     c.mesh.fsdp = 2
-    c.num_epochs = 1.0
-    c.warmup_epochs = 0.0
-    c.max_train_steps = 2
-    c.max_eval_steps = 1
-    c.log_every_steps = 1
-    c.checkpoint_every_steps = 2
-    c.progress_bar = False
   return c
 
 

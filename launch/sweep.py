@@ -5,7 +5,9 @@
 
 Each ``add(**overrides)`` call of the config's ``sweep`` becomes one run in
 ``WORKDIR/<index>_<overrides>``; runs already finished (``summary.json`` present) are reused, so
-an interrupted sweep resumes. Prints a table of the results at the end.
+an interrupted sweep resumes. The config argument, the ``--set`` values and every run's
+overrides are checked before the first run (also with ``--dry_run``). Prints a table of the
+results at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ def load_config_module(spec: str):
   return mod, arg
 
 
+def build_config(mod, arg, common: dict, overrides: dict):
+  """The config of one run: ``get_config(arg)`` with the ``--set`` values, then the run's
+  overrides. Raises ``SystemExit`` naming a bad config argument or override key."""
+  try:
+    config = mod.get_config(arg)
+  except ValueError as e:
+    raise SystemExit(f"config argument {arg!r}: {e}") from None
+  apply_overrides(config, common)
+  apply_overrides(config, overrides)
+  return config
+
+
 def collect(mod) -> list[dict]:
   runs: list[dict] = []
   mod.sweep(lambda **kw: runs.append(dict(kw)))
@@ -41,10 +55,15 @@ def apply_overrides(config, overrides: dict) -> None:
     node = config
     *parents, leaf = key.split(".")
     for p in parents:
+      if p not in node or not hasattr(node[p], "keys"):
+        raise SystemExit(f"sweep override {key!r} is not a field of the config")
       node = node[p]
     if leaf not in node:
       raise SystemExit(f"sweep override {key!r} is not a field of the config")
-    node[leaf] = value
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise SystemExit(f"sweep override {key}={value!r}: {e}") from None
 
 
 def run_name(i: int, overrides: dict) -> str:
@@ -75,7 +94,11 @@ def main(argv=None) -> int:
 
   mod, arg = load_config_module(args.config)
   runs = collect(mod)
-  common = dict(kv.split("=", 1) for kv in args.set)
+  for kv in args.set:
+    if "=" not in kv:
+      raise SystemExit(f"--set expects key=value, got {kv!r}")
+  common = {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+  configs = [build_config(mod, arg, common, over) for over in runs]  # fail before any run
   rows = []
   for i, over in enumerate(runs):
     name = run_name(i, over)
@@ -89,10 +112,7 @@ def main(argv=None) -> int:
         summary = json.load(f)
     else:
       from spikejax.train import trainer
-      config = mod.get_config(arg)
-      apply_overrides(config, {k: _parse_value(v) for k, v in common.items()})
-      apply_overrides(config, over)
-      summary = trainer.train_and_evaluate(config, workdir)
+      summary = trainer.train_and_evaluate(configs[i], workdir)
     rows.append((name, summary.get("best_accuracy"), summary.get("step"),
                  summary.get("minutes")))
   if rows:

@@ -9,7 +9,9 @@ Every worker runs the same command in ``--repo_dir`` (JAX makes one process per 
 coordinator by itself). ``--setup`` first copies this checkout to every worker
 (``gcloud ... scp --recurse``) and runs ``launch/setup.sh`` there; ``--env KEY=VALUE`` exports
 variables; ``--dry_run`` prints the ``gcloud`` commands instead of running them. Workdirs of
-multi-host runs must be on storage every worker sees (``gs://...``).
+multi-host runs must be on storage every worker sees (``gs://...``). A ``--config=PATH[:ARG]``
+in the command is built first from ``--source`` (where PATH exists there), so a misspelt
+config argument fails here and not on every worker.
 """
 
 from __future__ import annotations
@@ -34,6 +36,34 @@ def _where(args) -> list[str]:
   return out
 
 
+def config_spec(command: list[str]) -> str | None:
+  """The ``PATH[:ARG]`` of ``--config=...`` (or ``--config ...``) in ``command``, if any."""
+  for i, word in enumerate(command):
+    if word.startswith("--config="):
+      return word.split("=", 1)[1]
+    if word == "--config" and i + 1 < len(command):
+      return command[i + 1]
+  return None
+
+
+def check_config(command: list[str], source: str) -> None:
+  """Builds the command's config from the local checkout ``source``; ``SystemExit`` naming the
+  error if that fails. Skipped when the command names no config file found under ``source``."""
+  spec = config_spec(command)
+  if not spec:
+    return
+  path, sep, arg = spec.partition(":")
+  local = path if os.path.isabs(path) else os.path.join(source, path)
+  if not os.path.isfile(local):
+    return
+  from launch import import_config_file
+  mod, arg = import_config_file(local + sep + arg, "tpu_pod_config")
+  try:
+    mod.get_config(arg)
+  except (ValueError, TypeError) as e:
+    raise SystemExit(f"--config={spec}: {e}") from None
+
+
 def build_commands(args) -> list[list[str]]:
   """The gcloud invocations, in order (``--setup``: copy + install, then the command)."""
   if not args.command:
@@ -41,6 +71,7 @@ def build_commands(args) -> list[list[str]]:
   for kv in args.env:
     if "=" not in kv or not kv.split("=", 1)[0].isidentifier():
       raise SystemExit(f"--env expects KEY=VALUE, got {kv!r}")
+  check_config(args.command, args.source)
   repo = args.repo_dir
   cmds = []
   if args.setup:
