@@ -9,7 +9,7 @@ model of spec §3/§4.1: conv stages with RepConv attention blocks, layer scale,
 neurons rounding half up) scaled down to widths (32, 64, 128) and 4 transformer blocks for
 32 px (2,251,066 parameters). ``base`` selects a scaled-down base model (``espikeformer_t``
 widths 24/48/96/128, 2 + 1 blocks, 1,372,522 parameters) instead; measured curves of both are
-in the README.
+in docs/results.md.
 
 Arguments (``:a,b``): ``runlocal`` (a few steps on tiny data), ``base`` (the base-family
 recipe), ``vanilla`` (the paper's direct-training baseline: binary spikes, LIF, image repeated

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Times the official PyTorch code and spikejax alternately on this machine (README, "Benchmark").
+# Times the official PyTorch code and spikejax alternately on this machine (docs/benchmarks.md, "Side by side").
 #   TORCH_PYTHON=/path/to/python-with-torch V3_MIRROR=/path/to/Spike-Driven-Transformer-V3 \
 #     bash launch/side_by_side.sh [rounds]
 # Each round, for `s` at 224 px batch 8 and `t` at 32 px batch 64: the official code as it is and
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TORCH_PYTHON:?set TORCH_PYTHON to a python that has torch}"
-: "${V3_MIRROR:?set V3_MIRROR to the official repository (see ../shared/tools/README)}"
+: "${V3_MIRROR:?set V3_MIRROR to the official repository (a checkout of BICLab Spike-Driven-Transformer-V3)}"
 REF=${OFFICIAL_REF:-../shared/tools/official_ref.py}
 TC=$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null | head -1 || true)
 off() {  # env model res batch steps

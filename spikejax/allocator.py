@@ -7,7 +7,7 @@ first touch is a page fault that zeroes the page: on this 2-core VM a fresh 128 
 written at 7.5 GB/s against 38 GB/s into memory already mapped (numpy, measured). With
 tcmalloc preloaded, freed pages are reused and that step took 0.62 s instead of 0.85-0.95 s
 (``python -m spikejax.bench --model espikeformer_s --resolution 224 --batch 8 --train --steps 6
---json``, run with and without ``LD_PRELOAD``; README, "Benchmark").
+--json``, run with and without ``LD_PRELOAD``; docs/benchmarks.md, "Host malloc").
 
 A preload only works from the start of a process, so the command-line entry points
 (``spikejax.main``, ``spikejax.bench``, ``launch.sweep``) call :func:`reexec` first: when the
@@ -16,7 +16,7 @@ with one that has tcmalloc in ``LD_PRELOAD`` (Debian/Ubuntu package ``libtcmallo
 or else glibc's transparent-huge-page tunable (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``,
 glibc >= 2.35; 0.65-0.70 s for the step above). ``SPIKEJAX_MALLOC`` chooses: ``auto``
 (default), ``tcmalloc``, ``hugetlb`` or ``system`` (leave the process alone). In a notebook,
-start the kernel with ``LD_PRELOAD`` set (README).
+start the kernel with ``LD_PRELOAD`` set (docs/benchmarks.md).
 """
 
 from __future__ import annotations

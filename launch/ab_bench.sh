@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Same-machine A/B of the step time between an earlier revision and the working tree:
+# alternates `python -m spikejax.bench` of both for `espikeformer_s` 224 px batch 8 and
+# `espikeformer_t` 32 px batch 64, training and inference, ROUNDS times; one JSON line per run.
+#   bash launch/ab_bench.sh REV [ROUNDS]      e.g. bash launch/ab_bench.sh 20afcb0 3 > ab.jsonl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REV=${1:?give the earlier revision, e.g. 20afcb0}
+ROUNDS=${2:-3}
+PY=${PYTHON:-.venv/bin/python}
+PY=$(readlink -f "$PY")
+OLD=$(mktemp -d)
+trap 'git worktree remove --force "$OLD" >/dev/null 2>&1 || rm -rf "$OLD"' EXIT
+git worktree add --detach -q "$OLD" "$REV"
+NEW=$(pwd)
+CASES=("--model espikeformer_s --resolution 224 --batch 8 --train"
+       "--model espikeformer_s --resolution 224 --batch 8"
+       "--model espikeformer_t --resolution 32 --batch 64 --num-classes 10 --train"
+       "--model espikeformer_t --resolution 32 --batch 64 --num-classes 10")
+for r in $(seq 1 "$ROUNDS"); do
+  for c in "${CASES[@]}"; do
+    for side in old new; do
+      dir=$OLD; [ "$side" = new ] && dir=$NEW
+      # python -m puts the current directory first on sys.path: each side runs its own tree
+      out=$(cd "$dir" && "$PY" -m spikejax.bench $c --steps 10 --json | tail -1)
+      echo "{\"round\": $r, \"side\": \"$side\", \"case\": \"$c\", \"result\": $out}"
+    done
+  done
+done
