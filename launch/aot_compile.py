@@ -3,12 +3,13 @@
     python -m launch.aot_compile --config=configs/imagenet_mim.py:768 --topology=v5e:4x4 \\
         [--per_chip_batch=N] [--mesh_fsdp=K] [--json]
 
-Builds the model and optimizer of ``--config`` abstractly (``nnx.eval_shape``: no memory),
+Builds the trainer's model and optimizer of ``--config`` abstractly
+(``spikejax.train.state.build_train_state(..., abstract=True)``: ``nnx.eval_shape``, no memory),
 places their state with the trainer's sharding rules on a ``(data, fsdp)`` mesh made from the
 topology's devices (``config.mesh``; ``--mesh_fsdp`` overrides ``mesh.fsdp``), and lowers and
-compiles the jitted train step ``SplitTrainer`` runs (same function, donation of the state,
-batch sharded over every mesh axis) for a global batch of ``per_chip_batch x chips`` (default:
-``config.batch_size``). Prints what XLA's memory analysis says one chip needs: arguments
+compiles the task's jitted train step ``SplitTrainer`` runs (same function, donation of the
+state, the task's batch spec sharded over every mesh axis) for a global batch of
+``per_chip_batch x chips`` (default: ``config.batch_size``). Prints what XLA's memory analysis says one chip needs: arguments
 (parameters, optimizer state, batch), outputs, aliased bytes (the donated state, counted once),
 temporaries (activations), generated code, their total, and whether it fits the chip's HBM
 (with the trainer's EMA copy of the variables, when ``config.ema_decay`` is set; the eval step
@@ -62,7 +63,8 @@ GENERATIONS = {
     "v6e": Generation(32, 2, "default"),
 }
 
-# Training-split sizes: they only set the learning-rate schedule baked into the step.
+# Training-split sizes where the data registry has none: they only set the learning-rate
+# schedule baked into the step.
 TRAIN_EXAMPLES = {"imagenet2012": 1281167, "cifar10": 50000, "fashion_mnist": 60000}
 
 
@@ -162,29 +164,42 @@ def load_config(spec: str):
   return mod.get_config(arg)
 
 
+def _dataset_spec(name: str):
+  """The data registry's spec of ``name`` (``spikejax.data.get_spec``; the image table
+  ``spikejax.data.pipeline.SPECS`` where the registry is not there)."""
+  import spikejax.data as data_lib
+  get_spec = getattr(data_lib, "get_spec", None)
+  if get_spec is not None:
+    try:
+      return get_spec(name)
+    except (KeyError, ValueError):
+      return None
+  from spikejax.data.pipeline import SPECS
+  return SPECS.get(name)
+
+
 def data_spec(config) -> tuple[int, tuple[int, ...]]:
   """``(num_classes, image_shape)`` of the train batches, as the input pipeline makes them."""
-  from spikejax.data.pipeline import SPECS
-  if config.get("frames") is not None or config.dataset not in SPECS:
-    raise AotError(f"dataset {config.dataset!r}: aot_compile knows the image data sets "
-                   f"{sorted(SPECS)} (not event frames).")
-  spec = SPECS[config.dataset]
+  spec = _dataset_spec(config.dataset)
+  if config.get("frames") is not None or spec is None or getattr(spec, "kind", "image") != "image":
+    raise AotError(f"dataset {config.dataset!r}: aot_compile knows the image data sets (not "
+                   f"event frames).")
   size = config.image_size or spec.image_size
   return spec.num_classes, (size, size, config.channels or spec.channels)
 
 
-def abstract_batch(task: str, global_batch: int, num_classes: int, image_shape, sharding):
-  """Shape/dtype/sharding of the train batch the step is given: ``image`` float32 (the
-  pipeline's; the model casts to ``config.dtype``), and for classification the int ``label``
-  and soft ``target`` (the MIM step reads only ``image``)."""
+def train_examples(config) -> int:
+  """Examples of the training split (they only set the schedule baked into the step)."""
+  spec = _dataset_spec(config.dataset)
+  n = getattr(spec, "num_train_examples", None) or getattr(spec, "train_examples", None)
+  return int(n or TRAIN_EXAMPLES.get(config.dataset, config.batch_size))
+
+
+def abstract_batch(task, global_batch: int, num_classes: int, image_shape, sharding):
+  """The task's train batch (``Task.batch_spec``: shapes and dtypes) with ``sharding``."""
   import jax
-  import jax.numpy as jnp
-  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-  batch = {"image": sds((global_batch,) + tuple(image_shape), jnp.float32)}
-  if task != "mim":
-    batch["label"] = sds((global_batch,), jnp.int32)
-    batch["target"] = sds((global_batch, num_classes), jnp.float32)
-  return batch
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      task.batch_spec(global_batch, num_classes, tuple(image_shape)))
 
 
 _SCALE = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
@@ -256,11 +271,10 @@ def compile_step(config, topology: str | Topology, per_chip_batch: int | None = 
     raise AotError(f"--mesh_fsdp must be >= 1, got {mesh_fsdp}.")
   _set_platform_env(topo)
   import jax
-  import numpy as np
-  from flax import nnx
-  from spikejax.models import count_params, create_model
+  from spikejax.models import count_params
   from spikejax.train import sharding as sharding_lib
-  from spikejax.train import trainer
+  from spikejax.train import state as state_lib
+  from spikejax.train import tasks as tasks_lib
 
   n = topo.num_chips
   devices = topology_devices(topo)
@@ -276,53 +290,33 @@ def compile_step(config, topology: str | Topology, per_chip_batch: int | None = 
       if n % mesh_fsdp:
         raise AotError(f"--mesh_fsdp={mesh_fsdp} does not divide the {n} chips of {topo.name}.")
       config.mesh.fsdp, config.mesh.data = mesh_fsdp, -1
-  trainer.validate(config, n)  # the trainer's own checks (mesh, batch, model, optimizer)
-  task = config.get("task") or "classify"
-  if task == "classify" and config.get("distill") and config.distill.get("teacher"):
-    raise AotError("the distillation step with a teacher is not supported; unset "
-                   "distill.teacher to compile the step with the distillation head alone.")
+  state_lib.validate(config, n)  # the trainer's own checks (mesh, batch, model, task, optimizer)
+  task = tasks_lib.from_config(config)
   num_classes, image_shape = data_spec(config)
-  steps_per_epoch = max(1, TRAIN_EXAMPLES.get(config.dataset, config.batch_size)
-                        // config.batch_size)
-  total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
-  if config.get("max_train_steps"):
-    total_steps = min(total_steps, config.max_train_steps)
+  steps_per_epoch = max(1, train_examples(config) // config.batch_size)
+  total_steps = state_lib.schedule_steps(config, steps_per_epoch)
 
   mesh = sharding_lib.make_mesh(config.mesh, n, devices=devices)
-  dtype, kw = trainer.model_dtype_and_kwargs(config, image_shape)
-
-  def build():
-    model = create_model(config.model_name, num_classes=num_classes,
-                         rngs=nnx.Rngs(config.seed), dtype=dtype, **kw)
-    optimizer, _ = trainer.build_optimizer(config, model, total_steps, steps_per_epoch)
-    return model, optimizer
-
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh):
-    model, optimizer = nnx.eval_shape(build)
-  model.check_input(np.zeros((1,) + image_shape, np.float32))
-  model.train()
-  graphdef, state = nnx.split((model, optimizer))
-  shardings = sharding_lib.tree_shardings(state, mesh)
-  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       state, shardings)
+  ts = state_lib.build_train_state(config, mesh, num_classes=num_classes,
+                                   image_shape=image_shape, total_steps=total_steps,
+                                   steps_per_epoch=steps_per_epoch, abstract=True, task=task)
+  step_args = task.abstract_step_args(config, mesh)
   batch = abstract_batch(task, config.batch_size, num_classes, image_shape,
                          sharding_lib.batch_sharding(mesh))
-  step = trainer.jitted_train_step(task)
-  lowered = step.lower(graphdef, state, batch)
+  lowered = task.train_step.lower(ts.graphdef, ts.state, batch, *step_args)
   t_lower = time.perf_counter() - t0
+  model = ts.model
   ema = 0  # the trainer's EMA copy of the variables stays on the chips beside the step
-  if config.ema_decay:
-    ema_state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    ema = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in
-              zip(jax.tree.leaves(ema_state),
-                  jax.tree.leaves(sharding_lib.tree_shardings(ema_state, mesh))))
+  if ts.ema is not None:
+    ema = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+              for x in jax.tree.leaves(ts.ema))
 
   gen = GENERATIONS.get(topo.generation)
   hbm = int(gen.hbm_gib * GiB) if gen else None
   hosts = len({d.process_index for d in devices})
   report: dict[str, Any] = {
-      "config": config_name, "model": config.model_name, "task": task,
+      "config": config_name, "model": config.model_name, "task": task.name,
       "params": count_params(model), "dtype": config.dtype,
       "topology": topo.name, "device_kind": devices[0].device_kind, "chips": n, "hosts": hosts,
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
@@ -421,7 +415,7 @@ def main(argv=None) -> int:
   try:
     topo = parse_topology(args.topology)
     _set_platform_env(topo)
-    from spikejax.train.trainer import ConfigError
+    from spikejax.models.from_config import ConfigError
     try:
       report = compile_step(load_config(args.config), topo, args.per_chip_batch,
                             args.mesh_fsdp, config_name=args.config)

@@ -48,44 +48,50 @@ def _parse(argv):
   return p.parse_args(argv)
 
 
-def model_overrides(mode: str, time_steps: int | None, spike_max: int) -> dict:
-  """Neuron options of the two training modes compared in paper Fig. 7 / Table V."""
-  if mode == "sfa":
-    return dict(firing="sfa", spike_max=spike_max, time_steps=time_steps or 1,
-                temporal="independent")
-  return dict(firing="binary", temporal="lif_hard", time_steps=time_steps or 4, tau=2.0,
-              detach_reset=True)
+def bench_config(args):
+  """The run as a trainer config: model, neuron mode (paper Fig. 7 / Table V: SFA, or binary
+  LIF over T), dtype, and the official reference's optimizer (AdamW, constant lr 1e-3,
+  optax's default weight decay 1e-4 on every tensor, no clipping)."""
+  import ml_collections
+  sfa = args.mode == "sfa"
+  model = {}
+  if args.strides:
+    model["strides"] = tuple(int(s) for s in args.strides.split(","))
+  spike = (dict(spike_max=args.spike_max, time_steps=args.time_steps or 1) if sfa
+           else dict(time_steps=args.time_steps or 4))
+  return ml_collections.ConfigDict(dict(
+      seed=0, task="classify", model_name=args.model, model=model, mode=args.mode,
+      spike=spike, channels=args.in_channels, dtype=args.dtype,
+      optimizer=dict(name="adamw", schedule="constant", lr=1e-3, weight_decay=1e-4, b1=0.9,
+                     b2=0.999, eps=1e-8, grad_clip_norm=0.0, layer_decay=1.0, decay_all=True),
+      warmup_epochs=0.0, min_lr=0.0, ema_decay=0.0))
 
 
 def run(args) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import optax
   from flax import nnx
 
-  from spikejax.models import count_params, create_model
+  from spikejax.models import count_params
+  from spikejax.train.state import build_train_state
+  from spikejax.train.steps import SplitTrainer
 
-  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  overrides = model_overrides(args.mode, args.time_steps, args.spike_max)
-  if args.strides:
-    overrides["strides"] = tuple(int(s) for s in args.strides.split(","))
-  model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
-                       dtype=dtype, rngs=nnx.Rngs(0), **overrides)
+  config = bench_config(args)
+  image_shape = (args.resolution, args.resolution, args.in_channels)
+  ts = build_train_state(config, None, num_classes=args.num_classes, image_shape=image_shape,
+                         total_steps=1, steps_per_epoch=1, with_optimizer=bool(args.train))
+  model = ts.model
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(args.batch, args.resolution, args.resolution,
-                                   args.in_channels)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(args.batch,) + image_shape), jnp.float32)
   y = jnp.asarray(rng.integers(0, args.num_classes, args.batch), jnp.int32)
   model.check_input(x)
 
   if args.train:
-    from spikejax.train.trainer import SplitTrainer, _jitted_functional_step
-    model.train()
-    optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
-    runner = SplitTrainer(model, optimizer)
+    runner = SplitTrainer(model, ts.optimizer, step=ts.task.train_step)
     batch = {"image": x, "label": y, "target": jax.nn.one_hot(y, args.num_classes)}
     call = lambda: runner.step(batch)
-    step = _jitted_functional_step
+    step = ts.task.train_step
     lowered_args = None  # donated state: analysed below from fresh abstract shapes
   else:
     model.eval()
@@ -125,7 +131,7 @@ def run(args) -> dict:
   return {
       "model": args.model, "params": count_params(model), "resolution": args.resolution,
       "batch": args.batch, "train": bool(args.train), "mode": args.mode,
-      "time_steps": overrides["time_steps"], "spike_max": args.spike_max if args.mode == "sfa"
+      "time_steps": config.spike.time_steps, "spike_max": args.spike_max if args.mode == "sfa"
       else None, "dtype": args.dtype, "backend": jax.default_backend(),
       "device": getattr(device, "device_kind", str(device)), "devices": jax.device_count(),
       "compile_s": round(compile_s, 3), "step_median_s": round(med, 5),

@@ -47,11 +47,13 @@ def main(argv):
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(3)
   if jax.process_index() == 0:
-    best = summary["best_accuracy"]
-    print(f"done: best test accuracy {best:.4f} at step {summary['best_step']} "
-          f"({summary['minutes']:.1f} min, stopped by {summary['stopped_by'] or 'schedule'}); "
-          f"checkpoint {summary['checkpoint']}" if best is not None else
-          f"done: step {summary['step']}; checkpoint {summary['checkpoint']}")
+    best, metric = summary["best"], summary["best_metric"]
+    if best is not None and best.get(metric) is not None:
+      print(f"done: best test {metric} {best[metric]:.4f} at step {summary['best_step']} "
+            f"({summary['minutes']:.1f} min, stopped by {summary['stopped_by'] or 'schedule'}); "
+            f"checkpoint {summary['checkpoint']}")
+    else:
+      print(f"done: step {summary['step']}; checkpoint {summary['checkpoint']}")
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
 
 

@@ -16,19 +16,29 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 from spikejax.data import fashion_mnist as fmnist
 
-TINY_MODEL = dict(num_classes=10, in_channels=1, strides=(2, 2, 2, 1, 1),
-                  embed_dims=(16, 32, 32, 32))
-MODES = {
-    "sfa": dict(firing="sfa", spike_max=4, time_steps=1, temporal="independent",
-                rounding="half_up"),
-    "vanilla": dict(firing="binary", temporal="lif_hard", time_steps=4, tau=2.0,
-                    detach_reset=True),
-}
+TINY_MODEL = dict(strides=(2, 2, 2, 1, 1), embed_dims=(16, 32, 32, 32))
+# the neurons of the two modes (``spikejax.models.from_config.MODES`` adds the firing rule)
+SPIKE = {"sfa": dict(spike_max=4, time_steps=1, rounding="half_up"),
+         "vanilla": dict(time_steps=4)}
+MODES = tuple(SPIKE)
+
+
+def tiny_config(mode: str = "sfa", *, steps: int = 300, lr: float = 3e-3, seed: int = 0):
+  """The tiny run as a trainer config: ``espikeformer_t`` at 32 px on one channel, AdamW
+  (weight decay 0.05 on every tensor, no clipping), 10 % linear warmup then cosine to
+  ``lr / 100`` over ``steps``."""
+  import ml_collections
+  if mode not in SPIKE:
+    raise ValueError(f"mode must be one of {sorted(SPIKE)}, got {mode!r}.")
+  return ml_collections.ConfigDict(dict(
+      seed=seed, task="classify", model_name="espikeformer_t", model=dict(TINY_MODEL),
+      mode=mode, spike=dict(SPIKE[mode]), channels=1, dtype="float32",
+      optimizer=dict(name="adamw", lr=lr, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
+                     grad_clip_norm=0.0, layer_decay=1.0, decay_all=True),
+      warmup_epochs=max(steps // 10, 1) / steps, min_lr=lr * 0.01, ema_decay=0.0))
 
 
 def fashion_mnist_arrays(split: str = "test", n: int | None = None,
@@ -46,21 +56,18 @@ def train_tiny(mode: str = "sfa", directory: str | None = None, *, steps: int = 
                batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
                source_dir: str | None = None) -> str:
   """Trains (or reuses) a tiny model; returns its model directory. ``mode``: sfa | vanilla."""
-  from spikejax.models import create_model
   from spikejax.train.checkpoints import save_model
-  from spikejax.train.trainer import SplitTrainer
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}.")
+  from spikejax.train.state import build_train_state
+  from spikejax.train.steps import SplitTrainer
+  config = tiny_config(mode, steps=steps, lr=lr, seed=seed)
   directory = os.path.abspath(directory or os.path.join("workdirs", f"tiny_{mode}"))
   info_file = os.path.join(directory, "train_info.json")
   if os.path.exists(info_file):
     return directory
-  kwargs = {**TINY_MODEL, **MODES[mode]}
-  model = create_model("espikeformer_t", rngs=nnx.Rngs(seed), **kwargs)
-  model.train()
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 10, 1), steps, lr * 0.01)
-  opt = nnx.Optimizer(model, optax.adamw(sched, weight_decay=0.05), wrt=nnx.Param)
-  runner = SplitTrainer(model, opt)
+  ts = build_train_state(config, None, num_classes=10, image_shape=(32, 32, 1),
+                         total_steps=steps, steps_per_epoch=steps)
+  model = ts.model
+  runner = SplitTrainer(model, ts.optimizer, step=ts.task.train_step)
   x, y = fashion_mnist_arrays("train", source_dir=source_dir)
   rng = np.random.default_rng(seed)
   t0 = time.time()
@@ -75,7 +82,8 @@ def train_tiny(mode: str = "sfa", directory: str | None = None, *, steps: int = 
   if os.path.exists(tmp):
     import shutil
     shutil.rmtree(tmp)
-  save_model(tmp, model, model_name="espikeformer_t", model_kwargs=kwargs)
+  save_model(tmp, model, model_name=config.model_name,
+             model_kwargs={"num_classes": 10, **ts.model_kwargs})
   with open(os.path.join(tmp, "train_info.json"), "w") as f:
     json.dump({"mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr,
                "seconds": round(seconds, 1)}, f, indent=2)

@@ -278,8 +278,7 @@ def load_trained(path: str, *, use_ema: bool = False, **overrides):
   ``(model, config)``; ``config`` is ``None`` for a model directory.
   """
   import ml_collections
-  from spikejax.models import create_model
-  from spikejax.train.trainer import model_kwargs
+  from spikejax.models import from_config
   path = os.path.abspath(path)
   if os.path.exists(os.path.join(path, MODEL_JSON)):
     return load_model(path, **overrides), None
@@ -298,8 +297,7 @@ def load_trained(path: str, *, use_ema: bool = False, **overrides):
       raise ValueError(f"{ckpt_dir}/{step} has no EMA weights (config.ema_decay was 0).")
     values.update({k: v for k, v in restored["ema"].items() if k in values})
   num_classes = int(np.shape(values["head/bias"])[0])
-  dtype = jax.numpy.bfloat16 if config.get("dtype") == "bfloat16" else jax.numpy.float32
-  model = create_model(config.model_name, num_classes=num_classes, rngs=nnx.Rngs(0),
-                       dtype=dtype, **{**model_kwargs(config), **overrides})
+  model = from_config.create_from_config(config, num_classes=num_classes, rngs=nnx.Rngs(0),
+                                         **overrides)
   _assign(model, {k: jax.numpy.asarray(v) for k, v in values.items()})
   return model, config

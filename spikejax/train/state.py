@@ -1,0 +1,219 @@
+"""The one train-state builder: config -> model, optimizer (schedule), shardings, EMA.
+
+``build_train_state(config, mesh, ...)`` builds them for real (the trainer, ``spikejax.bench``,
+``spikejax.analysis.demo``) or abstractly (``abstract=True``: ``nnx.eval_shape``, no memory;
+``launch/aot_compile.py``), in the same order and with the same rules, so a compiled step is
+the one the trainer runs. ``validate(config, num_devices)`` checks a config before anything is
+built; ``schedule_steps`` turns epochs into steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from spikejax.data.event_pipeline import model_input
+from spikejax.models import from_config
+from spikejax.models.from_config import ConfigError
+from spikejax.train import checkpoints as ckpt_lib
+from spikejax.train import evaluators as evaluators_lib
+from spikejax.train import optim
+from spikejax.train import sharding as sharding_lib
+from spikejax.train import tasks as tasks_lib
+
+OPTIMIZERS = ("adamw", "lamb")
+SCHEDULES = ("warmup_cosine", "constant")
+
+
+def validate(config, num_devices: int) -> None:
+  """Checks everything that can be checked before building data or compiling (model, neuron
+  options, batch and mesh against ``num_devices``, optimizer, the task and its model, the
+  evaluators); raises ``ConfigError``."""
+  from_config.check(config)
+  task = tasks_lib.from_config(config)
+  if config.batch_size % num_devices:
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {num_devices} "
+                      f"devices; use a multiple of {num_devices}.")
+  if config.eval_batch_size % num_devices:
+    raise ConfigError(f"eval_batch_size={config.eval_batch_size} is not divisible by the "
+                      f"{num_devices} devices.")
+  if config.batch_size % jax.process_count():
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the "
+                      f"{jax.process_count()} processes.")
+  try:
+    sharding_lib.mesh_shape(config.mesh, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  oc = config.optimizer
+  if oc.name not in OPTIMIZERS:
+    raise ConfigError(f"optimizer.name must be 'adamw' or 'lamb', got {oc.name!r}.")
+  if oc.get("schedule", SCHEDULES[0]) not in SCHEDULES:
+    raise ConfigError(f"optimizer.schedule must be one of {SCHEDULES}, got "
+                      f"{oc.get('schedule')!r}.")
+  if not config.num_epochs > 0:
+    raise ConfigError(f"num_epochs must be > 0, got {config.num_epochs}.")
+  frames = config.get("frames")
+  if frames is not None and frames.get("time_steps", 4) != config.spike.time_steps:
+    raise ConfigError(f"frames.time_steps={frames.get('time_steps', 4)} (frames per example) "
+                      f"differs from spike.time_steps={config.spike.time_steps} (the model's "
+                      "real timesteps); set both to the same T.")
+  init_from = config.get("init_from")
+  if init_from and not os.path.exists(init_from):
+    raise ConfigError(f"init_from={init_from!r} does not exist: give the workdir of a "
+                      f"pretraining run (or a model directory from spikejax.convert).")
+  family = from_config.family(config)
+  tasks_lib.check_model(task, config, family)
+  task.validate(config, family)
+  evaluators_lib.from_config(config, task, num_devices)
+
+
+def schedule_steps(config, steps_per_epoch: int) -> int:
+  """Total train steps: ``ceil(num_epochs * steps_per_epoch)``, cut to ``max_train_steps``."""
+  total = int(math.ceil(config.num_epochs * steps_per_epoch))
+  if config.get("max_train_steps"):
+    total = min(total, config.max_train_steps)
+  return total
+
+
+def make_schedule(config, total_steps: int, steps_per_epoch: int) -> Callable:
+  """The learning rate per step: linear warmup over ``warmup_epochs`` then half-cosine to
+  ``min_lr`` (spec §4.3, §5, §6.3), or ``optimizer.schedule='constant'``: ``optimizer.lr``."""
+  oc = config.optimizer
+  if oc.get("schedule", SCHEDULES[0]) == "constant":
+    lr = float(oc.lr)
+    return lambda step: lr
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  return optim.warmup_cosine_schedule(oc.lr, total_steps=total_steps, warmup_steps=warmup,
+                                      min_lr=config.min_lr)
+
+
+def build_optimizer(config, model, total_steps: int, steps_per_epoch: int):
+  """``(nnx.Optimizer over the model's Params, lr schedule)`` from ``config.optimizer``:
+  AdamW (weight decay on ndim > 1 tensors, or every tensor with ``decay_all``) or timm LAMB,
+  with optional layer-wise lr decay (spec §4.3) and global-norm clipping."""
+  oc = config.optimizer
+  schedule = make_schedule(config, total_steps, steps_per_epoch)
+  # a constant rate goes in as a number (optax's plain scaling, no step counter)
+  lr = float(oc.lr) if oc.get("schedule", SCHEDULES[0]) == "constant" else schedule
+  params = nnx.state(model, nnx.Param)
+  lr_scale = None
+  if oc.get("layer_decay", 1.0) != 1.0:
+    if hasattr(model.config, "block_depths"):   # E-SpikeFormer
+      depths = tuple(model.config.block_depths)
+      layer_id = lambda p: optim.espikeformer_layer_id(p, block_depths=depths)
+      num_layers = optim.espikeformer_num_layers(depths)
+    else:  # LARGE (spec §4.3): conv stages 0, block3.i -> i + 1, heads depth + 1
+      num_layers = model.config.depth + 1
+      layer_id = lambda p: optim.large_layer_id(p, num_layers=num_layers)
+    lr_scale = optim.layer_decay_scales(params, num_layers, oc.layer_decay, layer_id)
+  if oc.name == "adamw":
+    # ``decay_all``: weight decay on every tensor (the MIM recipe, spec §4.2 / §8 trap 7)
+    mask = None if oc.get("decay_all", False) else optim.weight_decay_mask
+    tx = optim.adamw(lr, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay,
+                     mask=mask, max_grad_norm=oc.grad_clip_norm or None, lr_scale=lr_scale)
+  else:
+    tx = optim.lamb_timm(lr, weight_decay=oc.weight_decay,
+                         weight_decay_mask=optim.weight_decay_mask, lr_scale=lr_scale,
+                         max_grad_norm=oc.grad_clip_norm or 1.0)
+  return nnx.Optimizer(model, tx, wrt=nnx.Param), schedule
+
+
+@dataclasses.dataclass
+class TrainState:
+  """What ``build_train_state`` returns.
+
+  Real: ``model``/``optimizer`` hold arrays placed on ``mesh`` by the sharding rules; ``ema``
+  is an ``optim.EMA`` (or ``None``). Abstract: ``model``/``optimizer`` hold shapes only;
+  ``graphdef``/``state`` are their split with ``jax.ShapeDtypeStruct`` leaves carrying the
+  shardings (what ``jit(...).lower`` takes) and ``ema`` is the abstract tree of the EMA copy.
+  """
+  model: Any
+  optimizer: Any
+  schedule: Callable
+  ema: Any
+  task: tasks_lib.Task
+  mesh: Any
+  model_kwargs: dict[str, Any]
+  abstract: bool = False
+  graphdef: Any = None
+  state: Any = None
+  init_report: dict[str, list[str]] | None = None
+
+
+def _abstract_with_shardings(tree, mesh):
+  if mesh is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  shardings = sharding_lib.tree_shardings(tree, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def build_train_state(config, mesh, *, num_classes: int, image_shape: tuple[int, ...],
+                      total_steps: int, steps_per_epoch: int, abstract: bool = False,
+                      task: tasks_lib.Task | None = None,
+                      init_values: dict[str, Any] | None = None,
+                      with_optimizer: bool = True) -> TrainState:
+  """Model (``config`` through ``spikejax.models.from_config`` plus the task's data-dependent
+  options), optimizer and schedule, placed on ``mesh`` (``None``: left on the default device),
+  in train mode, with an EMA copy when ``config.ema_decay`` is set.
+
+  ``image_shape`` is one example's shape (``(H, W, C)``, or ``(T, H, W, C)`` event frames);
+  ``init_values`` (``{"a/b/kernel": array}``, from ``checkpoints.read_model_values``) are
+  loaded into the fresh model by name before the optimizer is built (the report is in
+  ``init_report``). ``abstract=True`` builds shapes only (``nnx.eval_shape``).
+  ``with_optimizer=False`` (real only; inference benchmarks) leaves ``optimizer`` ``None``.
+  """
+  task = task or tasks_lib.from_config(config)
+  overrides = task.model_overrides(config, image_shape)
+  kwargs = {**from_config.model_kwargs(config), **overrides}
+  example = model_input(np.zeros((1,) + tuple(image_shape), np.float32))
+
+  def create():
+    return from_config.create_from_config(config, num_classes=num_classes,
+                                          rngs=nnx.Rngs(config.seed), **overrides)
+
+  def build():
+    model = create()
+    return model, build_optimizer(config, model, total_steps, steps_per_epoch)[0]
+
+  mesh_ctx = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+  report = None
+  if abstract:
+    with mesh_ctx:
+      model, optimizer = nnx.eval_shape(build)
+    model.check_input(example)
+    model.train()
+    graphdef, state = nnx.split((model, optimizer))
+    state = _abstract_with_shardings(state, mesh)
+    ema = None
+    if config.get("ema_decay"):
+      ema = _abstract_with_shardings(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)), mesh)
+    return TrainState(model, optimizer, make_schedule(config, total_steps, steps_per_epoch),
+                      ema, task, mesh, kwargs, abstract=True, graphdef=graphdef, state=state)
+
+  with mesh_ctx:
+    model = create()
+    model.check_input(example)
+    if init_values is not None:
+      report = ckpt_lib.transfer_weights(init_values, model)
+    if with_optimizer:
+      optimizer, schedule = build_optimizer(config, model, total_steps, steps_per_epoch)
+    else:
+      optimizer, schedule = None, make_schedule(config, total_steps, steps_per_epoch)
+    if mesh is not None:
+      if optimizer is None:
+        nnx.update(model, jax.device_put(nnx.state(model),
+                                         sharding_lib.tree_shardings(nnx.state(model), mesh)))
+      else:
+        sharding_lib.shard_model_and_optimizer(model, optimizer, mesh)
+  model.train()
+  ema = optim.EMA(model, config.ema_decay) if config.get("ema_decay") else None
+  return TrainState(model, optimizer, schedule, ema, task, mesh, kwargs, init_report=report)
+
