@@ -65,7 +65,6 @@ GENERATIONS = {
 
 # Training-split sizes where the data registry has none: they only set the learning-rate
 # schedule baked into the step.
-TRAIN_EXAMPLES = {"imagenet2012": 1281167, "cifar10": 50000, "fashion_mnist": 60000}
 
 
 class AotError(ValueError):
@@ -165,34 +164,29 @@ def load_config(spec: str):
 
 
 def _dataset_spec(name: str):
-  """The data registry's spec of ``name`` (``spikejax.data.get_spec``; the image table
-  ``spikejax.data.pipeline.SPECS`` where the registry is not there)."""
-  import spikejax.data as data_lib
-  get_spec = getattr(data_lib, "get_spec", None)
-  if get_spec is not None:
-    try:
-      return get_spec(name)
-    except (KeyError, ValueError):
-      return None
-  from spikejax.data.pipeline import SPECS
-  return SPECS.get(name)
+  """The data registry's spec of ``name`` (``spikejax.data.get_spec``)."""
+  from spikejax.data import get_spec
+  try:
+    return get_spec(name)
+  except ValueError as e:
+    raise AotError(str(e)) from None
 
 
 def data_spec(config) -> tuple[int, tuple[int, ...]]:
   """``(num_classes, image_shape)`` of the train batches, as the input pipeline makes them."""
   spec = _dataset_spec(config.dataset)
-  if config.get("frames") is not None or spec is None or getattr(spec, "kind", "image") != "image":
+  if config.get("frames") is not None or spec.kind != "image":
     raise AotError(f"dataset {config.dataset!r}: aot_compile knows the image data sets (not "
                    f"event frames).")
-  size = config.image_size or spec.image_size
-  return spec.num_classes, (size, size, config.channels or spec.channels)
+  return spec.num_classes, tuple(spec.example_shape(config.image_size or None,
+                                                    config.channels or None))
 
 
 def train_examples(config) -> int:
   """Examples of the training split (they only set the schedule baked into the step)."""
   spec = _dataset_spec(config.dataset)
-  n = getattr(spec, "num_train_examples", None) or getattr(spec, "train_examples", None)
-  return int(n or TRAIN_EXAMPLES.get(config.dataset, config.batch_size))
+  return int(spec.splits.get(config.get("train_split", "train"),
+                            spec.splits.get("train", config.batch_size)))
 
 
 def abstract_batch(task, global_batch: int, num_classes: int, image_shape, sharding):
