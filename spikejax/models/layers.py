@@ -62,34 +62,32 @@ def _train_current(layer, train: SpikeTrain, out_sharding=None):
   return u if bias is None else u + bias.astype(u.dtype)
 
 
-class Linear(nnx.Linear):
+class _Synapse:
+  """``__call__`` of the synapses: arrays as the parent class, spike trains sub-step by
+  sub-step (``_train_current``); the op is recorded for energy accounting in both cases."""
+
+  kind = "linear"
+
+  def _apply(self, x, out_sharding=None):
+    return super().__call__(x, out_sharding=out_sharding)
+
+  def __call__(self, x, out_sharding=None):
+    if is_train(x):
+      y = _train_current(self, x, out_sharding)
+    else:
+      y = self._apply(x, out_sharding)
+    record.synapse(self, self.kind, x, y.shape)
+    return y
+
+
+class Linear(_Synapse, nnx.Linear):
   """``nnx.Linear`` that also consumes spike trains (see the module docstring)."""
-
-  def _apply(self, x, out_sharding=None):
-    return super().__call__(x, out_sharding=out_sharding)
-
-  def __call__(self, x, out_sharding=None):
-    if is_train(x):
-      y = _train_current(self, x, out_sharding)
-    else:
-      y = self._apply(x, out_sharding)
-    record.synapse(self, "linear", x, y.shape)
-    return y
+  kind = "linear"
 
 
-class Conv(nnx.Conv):
+class Conv(_Synapse, nnx.Conv):
   """``nnx.Conv`` that also consumes spike trains (see the module docstring)."""
-
-  def _apply(self, x, out_sharding=None):
-    return super().__call__(x, out_sharding=out_sharding)
-
-  def __call__(self, x, out_sharding=None):
-    if is_train(x):
-      y = _train_current(self, x, out_sharding)
-    else:
-      y = self._apply(x, out_sharding)
-    record.synapse(self, "conv", x, y.shape)
-    return y
+  kind = "conv"
 
 
 def linear(in_features: int, out_features: int, **kwargs) -> Linear:

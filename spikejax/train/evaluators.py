@@ -61,7 +61,7 @@ class Evaluator:
 
   def result(self, metrics: Mapping[str, Any], firing: Mapping[str, np.ndarray] | None,
              *, step: int, epoch: float) -> Result:
-    raise NotImplementedError
+    raise NotImplementedError(f"evaluator {type(self).__name__} defines no result()")
 
 
 class TaskEvaluator(Evaluator):
