@@ -6,6 +6,15 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A persistent compilation cache shared by the test modules, the xdist workers and the
+# subprocesses the tests start (environment variables reach them): each module drops its
+# compiled programs (below), and building a model compiles one random initializer per
+# parameter shape (about 0.3 s each on XLA:CPU, 31 s for espikeformer_t), so without the cache
+# every module paid that again. Keys are content hashes: a stale entry cannot be used.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(__import__("pathlib").Path(__file__).resolve().parents[1]
+                          / ".pytest_cache" / "jax-compile"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import gc
 import pathlib
@@ -17,10 +26,28 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN_DIR = pathlib.Path(os.environ.get("SPIKEJAX_GOLDEN", REPO.parent / "shared" / "golden"))
 
 
-def golden_files():
+# meta/model of the golden files -> the family whose parity test reads them
+GOLDEN_FAMILIES = {"Efficient_Spiking_Transformer": "espikeformer",
+                   "Spiking_vit_MetaFormer": "metaspikformer"}
+
+
+def golden_family(path) -> str:
+  """The model family of a golden file (from its ``meta/model``), e.g. ``espikeformer``."""
+  with np.load(path) as z:
+    official = str(z["meta/model"])
+  for prefix, family in GOLDEN_FAMILIES.items():
+    if official.startswith(prefix):
+      return family
+  raise ValueError(f"{path}: golden file of an unknown official model {official!r}; "
+                   f"add it to GOLDEN_FAMILIES in tests/conftest.py")
+
+
+def golden_files(family: str | None = None):
+  """The golden ``.npz`` files, all of them or those of one model family."""
   if not GOLDEN_DIR.is_dir():
     return []
-  return sorted(GOLDEN_DIR.glob("*.npz"))
+  files = sorted(GOLDEN_DIR.glob("*.npz"))
+  return files if family is None else [f for f in files if golden_family(f) == family]
 
 
 @pytest.fixture(scope="session")

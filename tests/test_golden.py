@@ -5,6 +5,12 @@ activation that lies within one float32 ulp of a rounding tie flips when XLA fus
 BatchNorm arithmetic differently from PyTorch, and batch statistics then spread the flip
 (measured on the 224 px file: eager logits within 1.5e-7 of PyTorch, jitted within 0.54;
 float64 matches PyTorch to 9e-8). Op-by-op execution rounds like PyTorch's eager kernels.
+
+Eval stage features and the activation histogram are compared exactly in float64. In float32 a
+membrane one ulp from a tie can round the other way: on the 224 px file the float64 value of one
+block4 activation is 0.50000006 (PyTorch float32: 1), ours in float32 is 0.5 (half-even: 0);
+the flip changes 152 elements of block4's output. Float32 is then held to the logits and to
+at most one moved activation per million.
 """
 
 import numpy as np
@@ -13,12 +19,14 @@ import pytest
 import jax.numpy as jnp
 from flax import nnx
 
+import jax
+
 from conftest import golden_files, load_golden
 from spikejax.convert import export_state_dict, load_official_state_dict, official_stage_name
-from spikejax.models import STAGES, SpikeNeuron, create_model
+from spikejax.models import STAGES, SpikeNeuron, as_dtype, create_model
 
-FILES = golden_files()
-pytestmark = pytest.mark.skipif(not FILES, reason="../shared/golden is absent")
+FILES = golden_files("espikeformer")
+pytestmark = pytest.mark.skipif(not FILES, reason="no E-SpikeFormer file in ../shared/golden")
 
 
 def _model(g):
@@ -37,15 +45,18 @@ def test_eval_logits_and_every_stage(golden):
   g = golden
   model, _ = _model(g)
   model.eval()
-  x = jnp.asarray(g["input"].transpose(0, 2, 3, 1))
-  logits, stages = nnx.jit(lambda m, x: (m(x), m.stage_features(x)))(model, x)
+  x = g["input"].transpose(0, 2, 3, 1)
+  logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(x)))
   ref = g["logits_eval"]
-  logits = np.asarray(logits)
   np.testing.assert_array_equal(logits.argmax(-1), ref.argmax(-1))
   assert np.abs(logits - ref).max() <= 1e-4 * np.abs(ref).max()
+  with jax.enable_x64(True):   # stage by stage, without float32 rounding ties
+    stages = nnx.jit(lambda m, x: m.stage_features(x))(as_dtype(model, jnp.float64),
+                                                         jnp.asarray(x, jnp.float64))
+    stages = {k: np.asarray(v) for k, v in stages.items()}
   for name in STAGES:
     r = g["features_eval/" + official_stage_name(name)].transpose(0, 2, 3, 1)
-    got = np.asarray(stages[name])
+    got = stages[name]
     assert got.shape == r.shape, name
     err = np.abs(got - r).max() / np.abs(r).max()
     assert err <= 1e-5, f"stage {name}: relative error {err}"
@@ -85,14 +96,7 @@ def test_train_logits_loss_grads_running_stats(golden):
       np.testing.assert_allclose(state[key], v, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-def test_activation_histogram(golden):
-  """Eval pass: the same number of integer activations 0..4 as the official model.
-
-  The official histogram covers the 104 body neurons (norm D); the head neuron is excluded.
-  """
-  g = golden
-  model, _ = _model(g)
-  model.eval()
+def _body_histogram(model, x):
   neurons = [(p, m) for p, m in nnx.iter_modules(model) if isinstance(m, SpikeNeuron)]
   assert len(neurons) == 105  # spec §2.2: 4 x 5 + 8 x 10 + 4 + 1
   for _, m in neurons:
@@ -102,11 +106,30 @@ def test_activation_histogram(golden):
   def run(m, x):
     return nnx.capture(m, nnx.Intermediate)(x)[1]
 
-  inter = run(model, jnp.asarray(g["input"].transpose(0, 2, 3, 1)))
   hist = np.zeros(5)
-  for path, v in nnx.to_flat_state(inter):
+  for path, v in nnx.to_flat_state(run(model, x)):
     if path[0] != "head_spike":
       h = np.asarray(v.get_value()[0] if isinstance(v.get_value(), tuple) else v.get_value())
       assert h.shape == (1, 5)  # (T, D + 1)
       hist += h.sum(0)
-  np.testing.assert_array_equal(hist, g["activation_histogram_eval"])
+  return hist
+
+
+def test_activation_histogram(golden):
+  """Eval pass: the same number of integer activations 0..4 as the official model.
+
+  The official histogram covers the 104 body neurons (norm D); the head neuron is excluded.
+  Exact in float64; in float32 at most one activation per million moves (rounding ties).
+  """
+  g = golden
+  model, _ = _model(g)
+  model.eval()
+  x = g["input"].transpose(0, 2, 3, 1)
+  ref = g["activation_histogram_eval"]
+  with jax.enable_x64(True):
+    hist64 = _body_histogram(as_dtype(model, jnp.float64), jnp.asarray(x, jnp.float64))
+  np.testing.assert_array_equal(hist64, ref)
+  hist32 = _body_histogram(model, jnp.asarray(x))
+  assert hist32.sum() == ref.sum()
+  moved = np.abs(hist32 - ref).sum() / 2
+  assert moved <= 1e-6 * ref.sum(), (hist32, ref)

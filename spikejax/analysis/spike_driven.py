@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spikejax.models import predict
+from spikejax.models import as_dtype, predict
 from spikejax.spiking import record
 from spikejax.spiking.neurons import to_spike_driven
 from spikejax.spiking.record import OpRecord as LayerRecord
@@ -145,18 +145,6 @@ def layer_records(model, image_shape) -> list[LayerRecord]:
   return list(_trace(model, image_shape).ops)
 
 
-def _as_float64(model):
-  """A float64 copy of ``model``: parameters, statistics and every layer's compute dtype."""
-  graphdef, state = nnx.split(model)
-  state = jax.tree.map(lambda a: a.astype(jnp.float64)
-                       if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
-  copy = nnx.merge(graphdef, state)
-  for _, mod in nnx.iter_modules(copy):
-    if getattr(mod, "dtype", None) is not None:
-      mod.dtype = jnp.float64
-  return copy
-
-
 def compare(model, x, *, float64: bool = False) -> dict[str, Any]:
   """Spike-driven logits against the integer model's: differences, mismatched activations.
 
@@ -168,7 +156,7 @@ def compare(model, x, *, float64: bool = False) -> dict[str, Any]:
   """
   if float64:
     with jax.enable_x64(True):
-      res = compare(_as_float64(model), jnp.asarray(x, jnp.float64))
+      res = compare(as_dtype(model, jnp.float64), jnp.asarray(x, jnp.float64))
     res["dtype"] = "float64"   # compute dtype (the head returns float32 logits)
     return res
   logits_sd, stats = run(model, x)
