@@ -2,8 +2,8 @@
 
 Spike-driven inference is an execution mode of the same modules (neurons swapped for binary
 sub-step IF neurons), so it must equal integer inference for each registered family without
-code per family: the LARGE model the main job trains, the MIM encoder, and the DVS model at
-T = 2 (rounding half up, float64).
+code per family: the LARGE model the main job trains, the MIM encoder, the DVS model at
+T = 2 and Meta-SpikeFormer with SFA neurons (rounding half up, float64).
 """
 
 import jax
@@ -24,6 +24,10 @@ DVS = dict(embed_dims=(8, 16, 16, 16), strides=(2, 2, 2, 1, 1), num_classes=10,
            time_steps=2, rounding="half_up", layer_scale=0.5)
 
 
+V2_SFA = dict(embed_dims=(8, 16, 16, 16), strides=(2, 2, 2, 1, 1), num_classes=10, in_channels=1,
+              firing="sfa", temporal="independent", rounding="half_up", time_steps=1)
+
+
 def _warm_bn(model, x):
   """Train-mode forwards until the BatchNorm running statistics are near the batch's (momentum
   0.1: 0.9^25 < 0.1), so eval-mode membranes are normalised and most layers fire."""
@@ -41,6 +45,9 @@ CASES = {
                        (4, 32, 32, 1), 4),
     "espikeformer_dvs": (lambda: create_model("espikeformer_dvs", rngs=nnx.Rngs(2), **DVS),
                          (2, 4, 32, 32, 2), 4),
+    # Meta-SpikeFormer with SFA neurons: the "+ SFA training" row of Table V (addendum A.4)
+    "metaspikformer_sfa": (lambda: create_model("metaspikformer_15m", rngs=nnx.Rngs(4), **V2_SFA),
+                           (4, 32, 32, 1), 4),
 }
 
 
@@ -145,8 +152,6 @@ def test_analysis_clis_on_a_default_config_workdir(tmp_path, capsys):
   """``python -m spikejax.analysis.{energy,spike_driven} --checkpoint WORKDIR`` on a workdir of
   the default Fashion-MNIST config (``spikformer12_512``, the main job's model) in smoke mode."""
   import json
-  import subprocess
-  import sys
   from configs import fashion_mnist
   from spikejax.analysis import energy as energy_cli
   from spikejax.train import trainer
@@ -163,11 +168,9 @@ def test_analysis_clis_on_a_default_config_workdir(tmp_path, capsys):
   assert rep["model"] == "spikformer12_512" and rep["snn_energy_mj"] > 0
   assert rep["firing"]["images"] == 16 and 0 < rep["firing"]["mean_rate"] < 4
   assert rep["image_shape"] == [1, 32, 32, 1] and rep["sops"] > 0
-  out = subprocess.run([sys.executable, "-m", "spikejax.analysis.spike_driven", "--checkpoint",
-                        workdir, "--batches", "1", "--batch-size", "16", "--float64", "--json"],
-                       capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  res = json.loads(out.stdout.strip().splitlines()[-1])
+  assert spike_driven.main(["--checkpoint", workdir, "--batches", "1", "--batch-size", "16",
+                            "--float64", "--json"]) == 0
+  res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert res["rounding"] == "half_up" and res["images"] == 16 and res["float64"]
   assert res["mismatched_activations"] == 0 and res["argmax_agree"] == 1.0
   assert res["max_abs_logit_diff"] <= 1e-9
