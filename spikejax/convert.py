@@ -61,6 +61,19 @@ def official_stage_name(name: str) -> str:
   return _TOP.get(name, name)
 
 
+def official_v2_neuron_name(path: tuple) -> str:
+  """Our neuron's module path -> the official Meta-SpikeFormer (V2) LIF module name.
+
+  V2 names its neurons ``*lif*`` where ours are ``*spike*`` (``encode_spike`` ->
+  ``encode_lif``, ``sep_conv/spike1`` -> ``Conv.lif1``); the head neuron is ``lif``.
+  """
+  parts = tuple(str(p) for p in path)
+  if parts == ("head_spike",):
+    return "lif"
+  prefix = to_official_key(parts[:-1] + ("x",))[:-1] if len(parts) > 1 else ""
+  return prefix + parts[-1].replace("spike", "lif")
+
+
 def _flat_vars(model) -> list[tuple[tuple, Any]]:
   state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
   return list(nnx.to_flat_state(state))

@@ -205,6 +205,28 @@ class DownSampling(nnx.Module):
     return self.encode_bn(self.encode_conv(x))
 
 
+def check_image_input(x, *, in_channels: int, time_steps: int) -> None:
+  """Raises a ValueError naming what was expected if ``x`` is neither NHWC images
+  ``(B, H, W, C)`` nor time-major frames ``(T, B, H, W, C)`` with ``C = in_channels``."""
+  T = time_steps
+  shape = tuple(x.shape)
+  if len(shape) not in (4, 5):
+    raise ValueError(f"expected NHWC images (B, H, W, {in_channels}) or time-major frames "
+                     f"(T={T}, B, H, W, {in_channels}); got an array of rank {len(shape)} "
+                     f"with shape {shape}.")
+  if len(shape) == 5 and shape[0] != T:
+    raise ValueError(f"time-major input has {shape[0]} frames on axis 0 but the model was "
+                     f"built with time_steps={T}; shape {shape}.")
+  if shape[-1] != in_channels:
+    hint = ""
+    if shape[-3] == in_channels:
+      hint = " It looks like NCHW: transpose to NHWC, e.g. x.transpose(0, 2, 3, 1)."
+    raise ValueError(f"expected {in_channels} channels on the last axis (NHWC), got shape "
+                     f"{shape}.{hint}")
+  # Any resolution runs, as in PyTorch: each strided conv gives floor((h + 2p - k) / s) + 1
+  # rows (28 px with strides (2, 2, 2, 1, 1): 14, 7, 4, 4, 4).
+
+
 @dataclasses.dataclass(frozen=True)
 class ESpikeFormerConfig:
   """Hyper-parameters of one E-SpikeFormer (spec §2.2, §3)."""
@@ -295,23 +317,7 @@ class ESpikeFormer(nnx.Module):
   # ------------------------------------------------------------------ input checks
   def check_input(self, x) -> None:
     """Raises a ValueError naming what was expected if ``x`` cannot be fed to the model."""
-    c, T = self.config, self.spike.time_steps
-    shape = tuple(x.shape)
-    if len(shape) not in (4, 5):
-      raise ValueError(f"expected NHWC images (B, H, W, {c.in_channels}) or time-major frames "
-                       f"(T={T}, B, H, W, {c.in_channels}); got an array of rank {len(shape)} "
-                       f"with shape {shape}.")
-    if len(shape) == 5 and shape[0] != T:
-      raise ValueError(f"time-major input has {shape[0]} frames on axis 0 but the model was "
-                       f"built with time_steps={T}; shape {shape}.")
-    if shape[-1] != c.in_channels:
-      hint = ""
-      if shape[-3] == c.in_channels:
-        hint = " It looks like NCHW: transpose to NHWC, e.g. x.transpose(0, 2, 3, 1)."
-      raise ValueError(f"expected {c.in_channels} channels on the last axis (NHWC), got shape "
-                       f"{shape}.{hint}")
-    # Any resolution runs, as in PyTorch: each strided conv gives floor((h + 2p - k) / s) + 1
-    # rows (28 px with strides (2, 2, 2, 1, 1): 14, 7, 4, 4, 4).
+    check_image_input(x, in_channels=self.config.in_channels, time_steps=self.spike.time_steps)
 
   def _merge_time(self, x):
     T = self.spike.time_steps
