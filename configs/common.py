@@ -139,6 +139,7 @@ def trainer_defaults(**overrides: Any) -> ml_collections.ConfigDict:
       eval_split="test",
       image_size=placeholder(int),      # None: the data set's own size
       channels=placeholder(int),        # None: the data set's own channels
+      crop_pct=placeholder(float),      # None: the pipeline's 224/232 (center-crop sets)
       augment="none",                   # "none" or a ConfigDict (spikejax.data augmentation)
       batch_size=64,                    # global, over all devices and hosts
       eval_batch_size=500,

@@ -16,6 +16,8 @@ FILES = {
     "har_dvs": [("independent", "if_soft", "if_hard", "lif_soft", "lif_hard"), ("runlocal",)],
     "imagenet_espikeformer": [("t", "s", "m", "l"), ("d8",), ("runlocal",)],
     "imagenet_large": [("finetune", "distill"), ("runlocal",)],
+    "imagenet_metaspikformer": [("stage1", "stage2", "sfa"), ("15m", "31m", "55m"),
+                                ("runlocal",)],
     "imagenet_mim": [("512", "768"), ("official_order",), ("runlocal",)],
     "mim_fashion_mnist": [("pretrain", "finetune", "scratch"), ("binary",), ("runlocal",)],
 }
@@ -58,6 +60,13 @@ PINNED = {
         "warmup_epochs": 10.0, "num_epochs": 150.0, "ema_decay": 0.99996, "mesh.fsdp": 4,
         "augment.mixup": 0.8, "augment.cutmix": 1.0, "model.embed_dims": (192, 384, 768),
         "model.kd": False, "distill.alpha": 0.5, "distill.teacher": None, "init_from": None},
+    "imagenet_metaspikformer": {   # addendum A.6, stage 1
+        "dataset": "imagenet2012", "model_name": "metaspikformer_55m", "mode": "vanilla",
+        "batch_size": 1024, "optimizer.name": "lamb", "optimizer.lr": 6e-4 * 1024 / 256,
+        "optimizer.layer_decay": 1.0, "warmup_epochs": 10.0, "min_lr": 1e-6,
+        "num_epochs": 200.0, "spike.time_steps": 1, "model.kd": False, "crop_pct": 224 / 256,
+        "augment.randaugment": "rand-m9-mstd0.5-inc1", "augment.reprob": 0.25,
+        "augment.label_smoothing": 0.1, "augment.mixup": 0.0, "optimizer.weight_decay": 0.05},
     "imagenet_mim": {
         "task": "mim", "model_name": "spikmae_12_512", "batch_size": 2048,
         "eval_batch_size": 1024, "optimizer.lr": 1.5e-4 * 2048 / 256, "optimizer.b2": 0.95,
@@ -236,3 +245,16 @@ def test_launchers_reject_a_misspelt_config_arg(capsys):
                        "spikejax.main", "--config", "configs/imagenet_mim.py:768",
                        "--workdir=gs://b/r"]) == 0
   assert "imagenet_mim.py:768" in capsys.readouterr().out
+
+
+def test_metaspikformer_recipe_stages():
+  mod = module("imagenet_metaspikformer")
+  s2 = mod.get_config("stage2,31m")
+  assert s2.model_name == "metaspikformer_31m" and s2.model.kd and s2.spike.time_steps == 4
+  assert s2.batch_size == 192 and abs(s2.optimizer.lr - 1.5e-5) < 1e-15
+  assert s2.num_epochs == 50.0 and s2.warmup_epochs == 5.0 and s2.distill.alpha == 0.5
+  sfa = mod.get_config("sfa")
+  assert sfa.mode == "sfa" and sfa.spike.time_steps == 1 and sfa.spike.spike_max == 4
+  from spikejax.models import from_config
+  assert from_config.model_kwargs(sfa)["firing"] == "sfa"
+  assert from_config.model_kwargs(mod.get_config())["temporal"] == "lif_hard"

@@ -139,3 +139,16 @@ def test_firing_and_energy_for_the_lif_baseline():
   assert rows[0]["op"] == "MAC"
   assert any(r["op"] == "MAC" and ".body.2.0" in r["layer"] for r in rows[1:])   # RepConv dw
   assert any(r["op"] == "AC" and r["kind"] == "matmul" for r in rows)          # K^T V
+
+
+def test_imagenet_stage2_recipe_runlocal_on_mock_data(tmp_path):
+  """Stage 2 of the V2 recipe (kd heads, T = 2 in smoke mode, binary LIF) trains, evaluates and
+  checkpoints through the one loop on tfds mock data."""
+  import tensorflow_datasets as tfds
+  from configs import imagenet_metaspikformer
+  from spikejax.train import trainer
+  c = imagenet_metaspikformer.get_config("stage2,runlocal")
+  with tfds.testing.mock_data(num_examples=32):
+    s = trainer.train_and_evaluate(c, str(tmp_path))
+  assert s["step"] == 2 and s["checkpoint"].endswith("/2")
+  assert np.isfinite(s["history"][-1]["test_loss"])

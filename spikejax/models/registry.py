@@ -185,7 +185,7 @@ def _build_metaspikformer(config: dict, spike: dict, *, num_classes, rngs, dtype
 # (stage 2, with kd=True). firing="sfa", temporal="independent" (config mode "sfa") is the
 # "+ SFA training" row. `metaspikformer_15m` has no function in the V2 repository (the V3
 # det/seg configs use its widths); the other two are `metaspikformer_8_384` / `_8_512`.
-_V2 = dict(conv_depths=(1, 1, 2), block_depths=(6, 2), num_heads=8, mlp_ratio=4)
+_V2 = dict(conv_depths=(1, 1, 2), block_depths=(6, 2), num_heads=8, mlp_ratio=4, kd=False)
 for _n, _dims, _official, _paper in [
     ("metaspikformer_15m", (64, 128, 256, 360), None, "15.1M"),
     ("metaspikformer_31m", (96, 192, 384, 480), "metaspikformer_8_384", "31.3M"),

@@ -43,9 +43,13 @@ class Distill(Classify):
     if not os.path.exists(teacher):
       raise ConfigError(f"distill.teacher={teacher!r} does not exist: give a training workdir "
                         f"or a model directory.")
-    if not config.model.get("kd", family == "spikformer") or family != "spikformer":
-      raise ConfigError(f"distillation needs a model with a distillation head (a spikformer* "
-                        f"model with model.kd=True); {config.model_name!r} has none.")
+    from spikejax.models import get_variant
+    del family
+    options = get_variant(config.model_name).config   # families with a head_kd option
+    if "kd" not in options or not config.model.get("kd", options["kd"]):
+      raise ConfigError(f"distillation needs a model with a distillation head (model.kd=True "
+                        f"on a spikformer* or metaspikformer* model); {config.model_name!r} "
+                        f"has none.")
     if not 0.0 <= distill.get("alpha", 0.5) <= 1.0:
       raise ConfigError(f"distill.alpha must be in [0, 1], got {distill.get('alpha')}.")
 
