@@ -31,23 +31,32 @@ class Variant:
 _SPIKE_FIELDS = {f.name for f in dataclasses.fields(SpikeConfig)}
 
 
-def _build_espikeformer(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
-                        param_dtype=None, **overrides):
-  cfg_fields = {f.name for f in dataclasses.fields(ESpikeFormerConfig)}
-  cfg = dict(config, num_classes=num_classes)
-  spk = dict(spike)
-  for k, v in overrides.items():
-    if k in cfg_fields:
-      cfg[k] = tuple(v) if isinstance(v, list) else v
-    elif k in _SPIKE_FIELDS:
-      spk[k] = v
-    else:
-      raise TypeError(f"unknown option {k!r} for an E-SpikeFormer; model options are "
-                      f"{sorted(cfg_fields - {'num_classes'})}, neuron options are "
-                      f"{sorted(_SPIKE_FIELDS)}.")
-  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
-  return ESpikeFormer(ESpikeFormerConfig(**cfg), SpikeConfig(**spk), dtype=dtype, rngs=rngs,
-                      **kw)
+def _builder(model_cls, config_cls, label: str) -> Callable[..., nnx.Module]:
+  """A ``Variant.build`` for a family whose model takes ``(config_cls(...), SpikeConfig)``:
+  each override goes to the model config or the neuron spec; anything else is a TypeError
+  naming ``label`` and the valid options."""
+  def build(config: dict, spike: dict, *, num_classes, rngs, dtype=None, param_dtype=None,
+            **overrides):
+    cfg_fields = {f.name for f in dataclasses.fields(config_cls)}
+    cfg = dict(config, num_classes=num_classes)
+    spk = dict(spike)
+    for k, v in overrides.items():
+      if k in cfg_fields:
+        cfg[k] = tuple(v) if isinstance(v, list) else v
+      elif k in _SPIKE_FIELDS:
+        spk[k] = v
+      else:
+        raise TypeError(f"unknown option {k!r} for {label}; model options are "
+                        f"{sorted(cfg_fields - {'num_classes'})}, neuron options are "
+                        f"{sorted(_SPIKE_FIELDS)}.")
+    kw = {} if param_dtype is None else {"param_dtype": param_dtype}
+    return model_cls(config_cls(**cfg), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
+  return build
+
+
+_build_espikeformer = _builder(ESpikeFormer, ESpikeFormerConfig, "an E-SpikeFormer")
+_build_spikformer = _builder(Spikformer, SpikformerConfig, "a LARGE Spikformer")
+_build_metaspikformer = _builder(MetaSpikformer, MetaSpikformerConfig, "a Meta-SpikeFormer")
 
 
 _BASE = dict(conv_depths=(1, 1, 2), block_depths=(6, 2), num_heads=8, mlp_ratio=4, v_ratio=4)
@@ -88,24 +97,6 @@ register(Variant("espikeformer_dvs", "espikeformer", _build_espikeformer,
                  "18.7M", spike=dict(time_steps=8, spike_max=4, norm=1.0,
                                      temporal="independent"),
                  num_classes=300))
-
-
-def _build_spikformer(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
-                      param_dtype=None, **overrides):
-  cfg_fields = {f.name for f in dataclasses.fields(SpikformerConfig)}
-  cfg = dict(config, num_classes=num_classes)
-  spk = dict(spike)
-  for k, v in overrides.items():
-    if k in cfg_fields:
-      cfg[k] = tuple(v) if isinstance(v, list) else v
-    elif k in _SPIKE_FIELDS:
-      spk[k] = v
-    else:
-      raise TypeError(f"unknown option {k!r} for a LARGE Spikformer; model options are "
-                      f"{sorted(cfg_fields - {'num_classes'})}, neuron options are "
-                      f"{sorted(_SPIKE_FIELDS)}.")
-  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
-  return Spikformer(SpikformerConfig(**cfg), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
 
 
 # LARGE family (spec §3, §4.1, official `Model_Large/spikformer.py`): finetuning models with the
@@ -159,25 +150,6 @@ register(Variant("spikmae_12_512", "spikmae", _build_spikmae,
 register(Variant("spikmae_12_768", "spikmae", _build_spikmae,
                  dict(_MAE, embed_dims=(192, 384, 768), rep_conv2=False), "spikmae_12_768",
                  paper_size="173.0M", spike=_LARGE_SPIKE))
-
-
-def _build_metaspikformer(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
-                          param_dtype=None, **overrides):
-  cfg_fields = {f.name for f in dataclasses.fields(MetaSpikformerConfig)}
-  cfg = dict(config, num_classes=num_classes)
-  spk = dict(spike)
-  for k, v in overrides.items():
-    if k in cfg_fields:
-      cfg[k] = tuple(v) if isinstance(v, list) else v
-    elif k in _SPIKE_FIELDS:
-      spk[k] = v
-    else:
-      raise TypeError(f"unknown option {k!r} for a Meta-SpikeFormer; model options are "
-                      f"{sorted(cfg_fields - {'num_classes'})}, neuron options are "
-                      f"{sorted(_SPIKE_FIELDS)}.")
-  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
-  return MetaSpikformer(MetaSpikformerConfig(**cfg), SpikeConfig(**spk), dtype=dtype, rngs=rngs,
-                        **kw)
 
 
 # Meta-SpikeFormer (Spike-driven Transformer V2, addendum A): the paper's Table V baseline.
