@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spikejax.models.espikeformer import MLP, STAGES, DownSampling, check_image_input
+from spikejax.models.espikeformer import MLP, DownSampling, ESpikeFormer
 from spikejax.models.layers import BatchNorm, Linear, SpikeConfig, conv2d, make_neuron
 from spikejax.spiking.synapse import spike_einsum
 
@@ -279,33 +279,12 @@ class MetaSpikformer(nnx.Module):
       self.head_kd = Linear(c3, c.num_classes, **head_kw)
     self.deterministic = False  # train mode; model.eval() sets True
 
-  def check_input(self, x) -> None:
-    """Raises a ValueError naming what was expected if ``x`` cannot be fed to the model."""
-    check_image_input(x, in_channels=self.config.in_channels, time_steps=self.spike.time_steps)
-
-  def _merge_time(self, x):
-    T = self.spike.time_steps
-    if x.ndim == 4:  # direct encoding: the image repeated over T real timesteps
-      x = jnp.broadcast_to(x[None], (T,) + x.shape)
-    return x.reshape((-1,) + x.shape[2:])
-
-  def forward_features(self, x, *, return_stages: bool = False):
-    """The residual stream after block4, ``(T*B, h, w, c3)``; optionally every stage output."""
-    self.check_input(x)
-    x = self._merge_time(x)
-    if self.dtype is not None:
-      x = x.astype(self.dtype)
-    stages = {}
-    for name in STAGES:
-      layer = getattr(self, name)
-      if isinstance(layer, nnx.List):
-        for blk in layer:
-          x = blk(x)
-      else:
-        x = layer(x)
-      if return_stages:
-        stages[name] = x
-    return (x, stages) if return_stages else x
+  # The same stage layout, input handling and stage outputs as E-SpikeFormer (spec §2.2): its
+  # methods, not copies (they read only config.in_channels, spike.time_steps, dtype, STAGES).
+  check_input = ESpikeFormer.check_input
+  _merge_time = ESpikeFormer._merge_time
+  forward_features = ESpikeFormer.forward_features
+  stage_features = ESpikeFormer.stage_features
 
   def head_logits(self, x):
     """Mean over H, W -> SN -> ``head`` [and ``head_kd``] -> mean over T (addendum A.2)."""
@@ -326,7 +305,3 @@ class MetaSpikformer(nnx.Module):
 
   def __call__(self, x):
     return self.head_logits(self.forward_features(x))
-
-  def stage_features(self, x) -> dict[str, Array]:
-    """Per-stage feature maps (NHWC, time-merged) keyed by ``STAGES`` names."""
-    return self.forward_features(x, return_stages=True)[1]
