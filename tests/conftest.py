@@ -15,6 +15,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(__import__("pathlib").Path(__file__).resolve().parents[1]
                           / ".pytest_cache" / "jax-compile"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+# Tiny test models spend most of their time in XLA's compiler, not in running: with most of its
+# optimizations off (LLVM -O0, no expensive passes) test_tasks.py's padding test took 25.0 s
+# against 61.9 s (cold cache, one process). The programs compute the same thing; the parity
+# tests against the official code turn the optimizations back on (``production_compiler``)
+# so that they hold for the compiler users run. Set JAX_DISABLE_MOST_OPTIMIZATIONS=0 to test
+# everything with the full compiler.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import gc
 import pathlib
@@ -98,3 +105,17 @@ def _free_compiled_programs():
   if limit and used > 0.8 * limit:
     pytest.fail(f"this test module left {used} memory mappings (vm.max_map_count = {limit}): "
                 f"too many compiled programs are alive at once; reuse jitted functions.")
+
+
+@pytest.fixture(scope="module")
+def production_compiler():
+  """Compiles this module's programs with all of XLA's optimizations, as users run them.
+
+  Golden parity is asserted for the production compiler: the rest of the suite runs with most
+  optimizations off (see the top of this file) to save compile time.
+  """
+  import jax
+  before = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)

@@ -37,7 +37,7 @@ def _model(g):
 
 
 @pytest.fixture(scope="module", params=FILES, ids=lambda p: p.stem)
-def golden(request, golden_dir):
+def golden(request, golden_dir, production_compiler):
   return load_golden(request.param)
 
 

@@ -38,7 +38,7 @@ def _time_merged(r):
 
 
 @pytest.fixture(scope="module", params=FILES, ids=lambda p: p.stem)
-def golden(request, golden_dir):
+def golden(request, golden_dir, production_compiler):
   return load_golden(request.param)
 
 
