@@ -23,6 +23,16 @@ import time
 from spikejax import allocator
 
 
+def _json_object(text: str) -> dict:
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+  if not isinstance(value, dict):
+    raise argparse.ArgumentTypeError(f"expected a JSON object of model options, got {text!r}")
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+
+
 def _parse(argv):
   p = argparse.ArgumentParser(prog="python -m spikejax.bench", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,6 +47,9 @@ def _parse(argv):
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="compute dtype (parameters stay float32)")
   p.add_argument("--strides", default=None, help="comma-separated strides, e.g. 1,2,2,2,1")
+  p.add_argument("--model-options", default=None, type=_json_object,
+                 help='create_model keyword arguments as JSON, e.g. '
+                      '\'{"embed_dims": [24, 48, 96, 128], "block_depths": [2, 1]}\'')
   p.add_argument("--mode", default="sfa", choices=["sfa", "vanilla"],
                  help="sfa: integer firing; vanilla: binary LIF spikes over T timesteps")
   p.add_argument("--time-steps", type=int, default=None, help="T (default: 1 for sfa, 4 vanilla)")
@@ -54,7 +67,7 @@ def bench_config(args):
   optax's default weight decay 1e-4 on every tensor, no clipping)."""
   import ml_collections
   sfa = args.mode == "sfa"
-  model = {}
+  model = dict(args.model_options or {})
   if args.strides:
     model["strides"] = tuple(int(s) for s in args.strides.split(","))
   spike = (dict(spike_max=args.spike_max, time_steps=args.time_steps or 1) if sfa
@@ -129,7 +142,7 @@ def run(args) -> dict:
     pass
   mem["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   return {
-      "model": args.model, "params": count_params(model), "resolution": args.resolution,
+      "model": args.model, "model_options": config.model.to_dict(), "params": count_params(model), "resolution": args.resolution,
       "batch": args.batch, "train": bool(args.train), "mode": args.mode,
       "time_steps": config.spike.time_steps, "spike_max": args.spike_max if args.mode == "sfa"
       else None, "dtype": args.dtype, "backend": jax.default_backend(),

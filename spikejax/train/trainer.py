@@ -183,6 +183,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   stopped_by = None
   time_limit = config.get("time_limit_minutes")
   t_seen, imgs_seen = time.time(), 0
+  eval_s = 0.0        # wall time spent evaluating: ``train_min`` of a history row excludes it
   with _StopSignal() as stop:
     it = train_ds.iterate(start_step)
     while step < total_steps:
@@ -219,8 +220,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           or every and step % every == 0:
         runner.sync()
         epoch = step / steps_per_epoch
+        t_eval = time.time()
         row = {"epoch": round(epoch, 3), "step": step,
-               "time_min": round((time.time() - t_start) / 60, 2)}
+               "time_min": round((t_eval - t_start) / 60, 2),
+               "train_min": round((t_eval - t_start - eval_s) / 60, 3)}
         entries, scalars, files, metrics = run_evaluations(
             model, task, passes, eval_sets, eval_step, mesh, ema, step=step, epoch=epoch)
         row.update(entries)
@@ -231,6 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               json.dump(content, f)
         history.append(row)
         writer.write(step, scalars)
+        eval_s += time.time() - t_eval
         if metrics is not None:
           bar.write(f"epoch {epoch:.2f} step {step}: {task.describe(metrics)} "
                     f"({row['time_min']:.1f} min)")
