@@ -20,6 +20,7 @@ FILES = {
                                 ("runlocal",)],
     "imagenet_mim": [("512", "768"), ("official_order",), ("runlocal",)],
     "mim_fashion_mnist": [("pretrain", "finetune", "scratch"), ("binary",), ("runlocal",)],
+    "table5_fashion_mnist": [("e_sfa", "v2_t1", "v2_t4", "v2_sfa"), ("runlocal",)],
 }
 
 # Values of each file's default config (``get_config()``) as they were before configs/common.py.
@@ -79,6 +80,12 @@ PINNED = {
         "num_epochs": 3.0, "keep_checkpoints": 2, "eval_every_steps": None,
         "firing_stats": False, "model.decoder_dim": 64, "model.rep_conv2": True,
         "spike.rounding": "half_up"},
+    "table5_fashion_mnist": {      # the E-SpikeFormer + SFA row; the widths every row shares
+        "dataset": "fashion_mnist", "model_name": "espikeformer_t", "mode": "sfa",
+        "image_size": 32, "channels": 1, "batch_size": 64, "seed": 0, "num_epochs": 1.0,
+        "spike.time_steps": 1, "spike.spike_max": 4, "spike.rounding": "half_even",
+        "model.embed_dims": (24, 48, 96, 128), "model.block_depths": (2, 1),
+        "model.strides": (2, 2, 2, 1, 1), "eval_every_steps": 235, "firing_stats": True},
 }
 
 
@@ -169,6 +176,11 @@ def test_arg_words_select_what_they_name():
   assert (v.mode, v.spike.temporal) == ("vanilla", "lif_hard")
   assert module("fashion_mnist").get_config("t4").spike.time_steps == 4
   assert module("fashion_mnist").get_config("base,runlocal=false").max_train_steps is None
+  rows = {r: module("table5_fashion_mnist").get_config(r) for r in ("v2_t1", "v2_t4", "v2_sfa")}
+  assert {r: (c.model_name, c.mode, c.spike.time_steps) for r, c in rows.items()} == {
+      "v2_t1": ("metaspikformer_15m", "vanilla", 1), "v2_t4": ("metaspikformer_15m", "vanilla", 4),
+      "v2_sfa": ("metaspikformer_15m", "sfa", 1)}
+  assert all(c.model.embed_dims == (24, 48, 96, 128) for c in rows.values())
   ft = module("mim_fashion_mnist").get_config("finetune,binary")
   assert (ft.task, ft.mode, ft.optimizer.layer_decay) == ("classify", "vanilla", 0.75)
 
