@@ -1,4 +1,4 @@
-"""launch/table5.py: the Table V report of a sweep (equal-time accuracies, commands, table)."""
+"""launch/table5.py (the Table V report of a sweep) and launch/ab_summary.py (A/B medians)."""
 
 import json
 
@@ -65,3 +65,12 @@ def test_a_missing_workdir_is_named(tmp_path):
     table5.main(["--workdir", str(tmp_path / "nope")])
   with pytest.raises(SystemExit, match="no finished run"):
     table5.main(["--workdir", str(tmp_path)])
+
+
+def test_ab_summary_medians_and_ratio():
+  from launch import ab_summary
+  lines = [json.dumps({"round": r, "side": side, "case": "c", "result": {"step_median_s": t}})
+           for r, side, t in ((1, "old", 1.0), (1, "new", 0.9), (2, "old", 1.2), (2, "new", 1.5),
+                              (3, "old", 1.1), (3, "new", 1.0))]
+  (row,) = ab_summary.summarize(lines)
+  assert (row["old_s"], row["new_s"], row["new_over_old"], row["rounds"]) == (1.1, 1.0, 0.909, 3)

@@ -7,6 +7,7 @@ so ``load_model(dir)`` can rebuild the module before restoring its variables.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -130,9 +131,15 @@ _HANDLER_REGISTERED = False
 def _register_array_handler() -> None:
   global _HANDLER_REGISTERED
   if not _HANDLER_REGISTERED:
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(
-            min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)   # orbax warns on every override of a handler
+    try:
+      ocp.type_handlers.register_type_handler(
+          jax.Array, ocp.type_handlers.ArrayHandler(
+              min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
+    finally:
+      absl_logger.setLevel(level)
     _HANDLER_REGISTERED = True
 
 
