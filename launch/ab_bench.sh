@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 REV=${1:?give the earlier revision, e.g. 20afcb0}
 ROUNDS=${2:-3}
 PY=${PYTHON:-.venv/bin/python}
-PY=$(readlink -f "$PY")
+PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")   # absolute; a venv link stays a link
 OLD=$(mktemp -d)
 trap 'git worktree remove --force "$OLD" >/dev/null 2>&1 || rm -rf "$OLD"' EXIT
 git worktree add --detach -q "$OLD" "$REV"

@@ -135,8 +135,11 @@ def _register_array_handler() -> None:
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)   # orbax warns on every override of a handler
     try:
+      # as orbax's default handler (which keeps per-host array metadata), plus the threshold
+      from orbax.checkpoint._src.metadata import array_metadata_store
       ocp.type_handlers.register_type_handler(
           jax.Array, ocp.type_handlers.ArrayHandler(
+              array_metadata_store=array_metadata_store.Store(),
               min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
     finally:
       absl_logger.setLevel(level)
