@@ -3,6 +3,7 @@
 # alternates `python -m spikejax.bench` of both for `espikeformer_s` 224 px batch 8 and
 # `espikeformer_t` 32 px batch 64, training and inference, ROUNDS times; one JSON line per run.
 #   bash launch/ab_bench.sh REV [ROUNDS]      e.g. bash launch/ab_bench.sh 20afcb0 3 > ab.jsonl
+#   AB_ONLY=espikeformer_t bash launch/ab_bench.sh REV [ROUNDS]   # only the cases naming it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REV=${1:?give the earlier revision, e.g. 20afcb0}
@@ -17,6 +18,10 @@ CASES=("--model espikeformer_s --resolution 224 --batch 8 --train"
        "--model espikeformer_s --resolution 224 --batch 8"
        "--model espikeformer_t --resolution 32 --batch 64 --num-classes 10 --train"
        "--model espikeformer_t --resolution 32 --batch 64 --num-classes 10")
+if [ -n "${AB_ONLY:-}" ]; then   # e.g. AB_ONLY=espikeformer_t: only the cases naming it
+  KEEP=(); for c in "${CASES[@]}"; do [[ "$c" == *"$AB_ONLY"* ]] && KEEP+=("$c"); done
+  CASES=("${KEEP[@]}")
+fi
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CASES[@]}"; do
     for side in old new; do

@@ -7,7 +7,6 @@ so ``load_model(dir)`` can rebuild the module before restoring its variables.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
@@ -120,32 +119,6 @@ def _assign(obj, values: dict[str, Any]) -> None:
   nnx.update(obj, nnx.from_flat_state(flat))
 
 
-# Replica-parallel saving (orbax's default off GPU) splits every replicated array into one slice
-# per replica, each an eager device op: with 8 CPU devices that was 13,376 slices for the three
-# checkpoints of the 4-step smoke run in tests/test_train.py. Arrays below this many bytes per
-# replica are written whole by the first replica; larger ones still spread over the replicas.
-REPLICA_PARALLEL_MIN_BYTES = 1 << 20
-_HANDLER_REGISTERED = False
-
-
-def _register_array_handler() -> None:
-  global _HANDLER_REGISTERED
-  if not _HANDLER_REGISTERED:
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)   # orbax warns on every override of a handler
-    try:
-      # as orbax's default handler (which keeps per-host array metadata), plus the threshold
-      from orbax.checkpoint._src.metadata import array_metadata_store
-      ocp.type_handlers.register_type_handler(
-          jax.Array, ocp.type_handlers.ArrayHandler(
-              array_metadata_store=array_metadata_store.Store(),
-              min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
-    finally:
-      absl_logger.setLevel(level)
-    _HANDLER_REGISTERED = True
-
-
 class TrainCheckpointer:
   """orbax ``CheckpointManager`` over model, optimizer and EMA state, keeping the last ``keep``.
 
@@ -156,7 +129,6 @@ class TrainCheckpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    _register_array_handler()
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=opts,
