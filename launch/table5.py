@@ -38,8 +38,8 @@ PAPER = {  # Table V (ImageNet, 224 px): top-1 %, energy mJ
 
 
 def accuracy_key(row: dict) -> str:
-  """The top-1 key of a history row (``test_accuracy``; not an EMA one)."""
-  keys = [k for k in row if k.endswith("_accuracy") and not k.endswith("_ema")]
+  """The top-1 key of a history row (``test_accuracy``; EMA keys end in ``_ema``)."""
+  keys = [k for k in row if k.endswith("_accuracy")]
   if not keys:
     raise ValueError(f"no accuracy in the evaluation row {row}")
   return "test_accuracy" if "test_accuracy" in keys else sorted(keys)[0]
@@ -85,7 +85,9 @@ def energy_command(run_dir: str, images: int) -> list[str]:
 
 
 def family(model_name: str) -> str:
-  return model_name.rsplit("_", 1)[0]
+  """The registered family of a model name (``metaspikformer``, ``espikeformer``, ...)."""
+  from spikejax.models.registry import get_variant
+  return get_variant(model_name).family
 
 
 def rows_of(workdir: str) -> list[tuple[str, dict, dict]]:

@@ -142,7 +142,8 @@ def run(args) -> dict:
     pass
   mem["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   return {
-      "model": args.model, "model_options": config.model.to_dict(), "params": count_params(model), "resolution": args.resolution,
+      "model": args.model, "model_options": config.model.to_dict(),
+      "params": count_params(model), "resolution": args.resolution,
       "batch": args.batch, "train": bool(args.train), "mode": args.mode,
       "time_steps": config.spike.time_steps, "spike_max": args.spike_max if args.mode == "sfa"
       else None, "dtype": args.dtype, "backend": jax.default_backend(),
