@@ -15,6 +15,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(__import__("pathlib").Path(__file__).resolve().parents[1]
                           / ".pytest_cache" / "jax-compile"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+# Decoded data-set arrays (spikejax.data.sources.cache_dir) likewise, not in the user's home.
+os.environ.setdefault("SPIKEJAX_CACHE_DIR",
+                      str(__import__("pathlib").Path(__file__).resolve().parents[1]
+                          / ".pytest_cache" / "spikejax"))
 # Tiny test models spend most of their time in XLA's compiler, not in running: with most of its
 # optimizations off (LLVM -O0, no expensive passes) test_tasks.py's padding test took 25.0 s
 # against 61.9 s (cold cache, one process). The programs compute the same thing; the parity
@@ -23,6 +27,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # everything with the full compiler.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
+import contextlib
 import gc
 import pathlib
 
@@ -107,15 +112,19 @@ def _free_compiled_programs():
                 f"too many compiled programs are alive at once; reuse jitted functions.")
 
 
-@pytest.fixture(scope="module")
+@contextlib.contextmanager
 def production_compiler():
-  """Compiles this module's programs with all of XLA's optimizations, as users run them.
+  """Compiles the programs jitted inside with all of XLA's optimizations, as users run them.
 
-  Golden parity is asserted for the production compiler: the rest of the suite runs with most
-  optimizations off (see the top of this file) to save compile time.
+  The float32 golden parity of the jitted passes is asserted for the production compiler; the
+  rest of the suite, the float64 passes and the op-by-op train pass (one primitive a program,
+  nothing to fuse) run with most optimizations off (see the top of this file) to save compile
+  time.
   """
   import jax
   before = jax.config.values["jax_disable_most_optimizations"]
   jax.config.update("jax_disable_most_optimizations", False)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)

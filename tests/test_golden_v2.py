@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from conftest import golden_files, load_golden
+from conftest import golden_files, load_golden, production_compiler
 from spikejax.convert import (export_state_dict, load_official_state_dict,
                               official_stage_name, official_v2_neuron_name)
 from spikejax.models import STAGES, SpikeNeuron, as_dtype, create_model
@@ -38,7 +38,7 @@ def _time_merged(r):
 
 
 @pytest.fixture(scope="module", params=FILES, ids=lambda p: p.stem)
-def golden(request, golden_dir, production_compiler):
+def golden(request, golden_dir):
   return load_golden(request.param)
 
 
@@ -47,12 +47,13 @@ def test_eval_logits_every_stage_and_firing_rates(golden):
   model, _ = _model(g)
   model.eval()
   x = g["input"].transpose(0, 2, 3, 1)
-  logits, stages = nnx.jit(lambda m, x: (m(x), m.stage_features(x)))(model, jnp.asarray(x))
   neurons = [(p, m) for p, m in nnx.iter_modules(model) if isinstance(m, SpikeNeuron)]
   assert len(neurons) == 77  # addendum A.3: 4 CB x 4 + 8 TB x 7 + 4 downsamplers + 1 head
-  for _, m in neurons:
-    m.record = True
-  inter = nnx.jit(lambda m, x: nnx.capture(m, nnx.Intermediate)(x)[1])(model, jnp.asarray(x))
+  with production_compiler():   # the float32 programs users run
+    logits, stages = nnx.jit(lambda m, x: (m(x), m.stage_features(x)))(model, jnp.asarray(x))
+    for _, m in neurons:
+      m.record = True
+    inter = nnx.jit(lambda m, x: nnx.capture(m, nnx.Intermediate)(x)[1])(model, jnp.asarray(x))
   ref = g["logits_eval"]
   logits = np.asarray(logits)
   np.testing.assert_array_equal(logits.argmax(-1), ref.argmax(-1))
