@@ -102,6 +102,21 @@ def _own_buffers(tree):
   return jax.tree.map(lambda x: copy_array(x) if isinstance(x, jax.Array) else x, tree)
 
 
+def _save_copy(x):
+  """A private copy of ``x`` to save. In one process a replicated array is copied onto one
+  device: orbax otherwise writes it as one slice per replica (an eager slice op each), which
+  made a save of the smoke test's 8-device state take 7.8 s instead of 2.5 s. Restores go onto
+  the live shardings, so the saved sharding does not matter there. Across processes the
+  replicas live on different hosts and orbax's own split is kept."""
+  if not isinstance(x, jax.Array):
+    return x
+  if (jax.process_count() == 1 and len(x.sharding.device_set) > 1
+      and x.sharding.is_fully_replicated):
+    device = min(x.sharding.device_set, key=lambda d: d.id)
+    return jax.device_put(x, jax.sharding.SingleDeviceSharding(device), may_alias=False)
+  return copy_array(x)
+
+
 def copy_array(x: jax.Array) -> jax.Array:
   """``x`` in new device buffers, same sharding; multi-process arrays shard by shard (only the
   addressable shards can be copied there)."""
@@ -146,7 +161,7 @@ class TrainCheckpointer:
     meta = {"step": int(step), "best": best}
     # Private copies: the save is asynchronous and the next train step donates (frees) the
     # live arrays; on CPU a host "transfer" can be a view of that device buffer.
-    tree = _own_buffers(self._tree(model, optimizer, ema))
+    tree = jax.tree.map(_save_copy, self._tree(model, optimizer, ema))
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
         meta=ocp.args.JsonSave(meta)), force=force)
