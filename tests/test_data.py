@@ -350,3 +350,69 @@ def test_eval_transforms():
   assert T.to_channels(p, 3).shape == (2, 32, 32, 3)
   n = T.normalize(np.array([[[[0, 255]]]], np.uint8).reshape(1, 1, 1, 2), (0.5, 0.5), (0.5, 0.25))
   np.testing.assert_allclose(n.ravel(), [-1.0, 2.0], rtol=1e-6)
+
+
+class _PngSource:
+  """A tfds-like source of PNG records that counts its reads and names its inputs."""
+
+  def __init__(self, n=6, version="1"):
+    rng = np.random.default_rng(0)
+    self.images = rng.integers(0, 256, (n, 5, 4, 1), dtype=np.uint8)
+    self.version, self.reads = version, 0
+    self.metadata, self.location = {}, "<test>"
+
+  def __len__(self):
+    return len(self.images)
+
+  def read(self, indices):
+    self.reads += 1
+    return [{"image": _png(self.images[i]), "label": int(i)} for i in indices]
+
+  def fingerprint(self):
+    return {"name": "png_test", "version": self.version}
+
+
+def _png(image):
+  import io
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(image[..., 0]).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def test_decoded_arrays_disk_cache(tmp_path, monkeypatch, caplog):
+  """A second process reads the decoded arrays from disk, not the records; a corrupt or stale
+  file is decoded again (with a warning), never trusted; an empty SPIKEJAX_CACHE_DIR is off."""
+  from spikejax.data import sources as S
+  monkeypatch.setenv("SPIKEJAX_CACHE_DIR", str(tmp_path))
+  src = _PngSource()
+  images, labels = S.load_arrays(src, 1)
+  np.testing.assert_array_equal(images, src.images)
+  np.testing.assert_array_equal(labels, np.arange(6))
+  assert src.reads == 1
+  (path,) = (tmp_path / "arrays").glob("*.npz")
+  again = _PngSource()                            # a new process: no in-memory cache
+  np.testing.assert_array_equal(S.load_arrays(again, 1)[0], src.images)
+  assert again.reads == 0
+  # one flipped byte in the stored images: detected by the digest, decoded again
+  with np.load(path) as z:
+    items = {k: z[k] for k in z.files}
+  items["images"] = items["images"].copy()
+  items["images"][0, 0, 0, 0] ^= 1
+  np.savez(path, **items)
+  caplog.set_level("WARNING")
+  third = _PngSource()
+  np.testing.assert_array_equal(S.load_arrays(third, 1)[0], src.images)
+  assert third.reads == 1 and "stale or corrupt" in caplog.text
+  path.write_bytes(b"garbage")                    # truncated or overwritten: unreadable
+  fourth = _PngSource()
+  np.testing.assert_array_equal(S.load_arrays(fourth, 1)[0], src.images)
+  assert fourth.reads == 1 and "unreadable" in caplog.text
+  newer = _PngSource(version="2")                 # another version of the data: its own file
+  S.load_arrays(newer, 1)
+  assert newer.reads == 1 and len(list((tmp_path / "arrays").glob("*.npz"))) == 2
+  monkeypatch.setenv("SPIKEJAX_CACHE_DIR", "")
+  off = _PngSource()
+  S.load_arrays(off, 1)
+  S.load_arrays(off, 1)
+  assert off.reads == 2
