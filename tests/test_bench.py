@@ -38,6 +38,7 @@ def test_bench_compare_modes(capsys):
   assert bench.main(["--model", "espikeformer_t", "--resolution", "16", "--batch", "8",
                      "--num-classes", "10", "--train", "--steps", "1", "--warmup", "0",
                      "--strides", "1,2,2,2,1", "--compare-modes", "--time-steps", "2",
+                     "--model-options", '{"embed_dims": [8, 16, 16, 16], "block_depths": [1, 1]}',
                      "--json"]) == 0
   out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert out["sfa"]["time_steps"] == 1 and out["vanilla"]["time_steps"] == 2

@@ -87,25 +87,29 @@ def test_two_processes_on_loopback_equal_single_process(tmp_path, single_device)
   _close((losses, params, grads), single_device)
 
 
-def _compiled_memory(mesh_data, mesh_fsdp, batch=16):
-  """XLA's per-device memory of the jitted train step of a small E-SpikeFormer at 32 px."""
+def _compiled_memory(meshes, batch=16):
+  """XLA's per-device memory of the jitted train step of a small E-SpikeFormer at 32 px, for
+  each ``(data, fsdp)`` mesh; one model and optimizer, resharded onto each mesh in turn."""
   import ml_collections
   from flax import nnx
   from spikejax.models import create_model
   from spikejax.train import trainer
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": mesh_data, "fsdp": mesh_fsdp}))
   config = sharded_step.optimizer_config()
-  with jax.set_mesh(mesh):
-    model = create_model("espikeformer_t", num_classes=10, rngs=nnx.Rngs(0),
-                         block_depths=(1, 1), strides=(2, 2, 2, 1, 1))
-    optimizer, _ = trainer.build_optimizer(config, model, total_steps=10, steps_per_epoch=10)
-    sharding.shard_model_and_optimizer(model, optimizer, mesh)
-  graphdef, state = nnx.split((model, optimizer))
-  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  model = create_model("espikeformer_t", num_classes=10, rngs=nnx.Rngs(0),
+                       block_depths=(1, 1), strides=(2, 2, 2, 1, 1))
+  optimizer, _ = trainer.build_optimizer(config, model, total_steps=10, steps_per_epoch=10)
   b = sharded_step.fixed_batch(batch=batch, size=32)
-  glob = sharding.shard_batch(b, mesh)
-  mem = trainer._jitted_functional_step.lower(graphdef, state, glob).compile().memory_analysis()
-  return state_bytes, mem
+  out = []
+  for mesh_data, mesh_fsdp in meshes:
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": mesh_data, "fsdp": mesh_fsdp}))
+    with jax.set_mesh(mesh):
+      sharding.shard_model_and_optimizer(model, optimizer, mesh)
+    graphdef, state = nnx.split((model, optimizer))
+    glob = sharding.shard_batch(b, mesh)
+    out.append(trainer._jitted_functional_step.lower(graphdef, state, glob).compile()
+               .memory_analysis())
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state((model, optimizer))))
+  return state_bytes, out
 
 
 @pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (fake) devices")
@@ -113,8 +117,7 @@ def test_fsdp_memory_per_device_within_bound():
   """A sharding regression fails here: with fsdp = 8 each device holds about 1/8 of the
   parameters and optimizer state (bound: 1/8 + 25 % + the replicated vectors and the batch),
   and activations do not grow over pure data parallelism (bound: 1.5x its temporaries)."""
-  state_bytes, fsdp = _compiled_memory(1, 8)
-  _, dp = _compiled_memory(8, 1)
+  state_bytes, (fsdp, dp) = _compiled_memory([(1, 8), (8, 1)])
   if fsdp is None or dp is None:
     pytest.skip("this backend reports no compiled memory")
   batch_bytes = 16 * 32 * 32 * 3 * 4 // 8 + 16 * 11 * 4

@@ -26,15 +26,17 @@ SPIKE = {"sfa": dict(spike_max=4, time_steps=1, rounding="half_up"),
 MODES = tuple(SPIKE)
 
 
-def tiny_config(mode: str = "sfa", *, steps: int = 300, lr: float = 3e-3, seed: int = 0):
-  """The tiny run as a trainer config: ``espikeformer_t`` at 32 px on one channel, AdamW
-  (weight decay 0.05 on every tensor, no clipping), 10 % linear warmup then cosine to
-  ``lr / 100`` over ``steps``."""
+def tiny_config(mode: str = "sfa", *, steps: int = 300, lr: float = 3e-3, seed: int = 0,
+                model: dict[str, Any] | None = None):
+  """The tiny run as a trainer config: ``espikeformer_t`` at 32 px on one channel (``TINY_MODEL``
+  updated by ``model``), AdamW (weight decay 0.05 on every tensor, no clipping), 10 % linear
+  warmup then cosine to ``lr / 100`` over ``steps``."""
   import ml_collections
   if mode not in SPIKE:
     raise ValueError(f"mode must be one of {sorted(SPIKE)}, got {mode!r}.")
   return ml_collections.ConfigDict(dict(
-      seed=seed, task="classify", model_name="espikeformer_t", model=dict(TINY_MODEL),
+      seed=seed, task="classify", model_name="espikeformer_t",
+      model={**TINY_MODEL, **(model or {})},
       mode=mode, spike=dict(SPIKE[mode]), channels=1, dtype="float32",
       optimizer=dict(name="adamw", lr=lr, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
                      grad_clip_norm=0.0, layer_decay=1.0, decay_all=True),
@@ -54,15 +56,30 @@ def fashion_mnist_arrays(split: str = "test", n: int | None = None,
 
 def train_tiny(mode: str = "sfa", directory: str | None = None, *, steps: int = 300,
                batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-               source_dir: str | None = None) -> str:
-  """Trains (or reuses) a tiny model; returns its model directory. ``mode``: sfa | vanilla."""
+               source_dir: str | None = None, model: dict[str, Any] | None = None) -> str:
+  """Trains (or reuses) a tiny model; returns its model directory. ``mode``: sfa | vanilla;
+  ``model``: create_model options over ``TINY_MODEL`` (e.g. ``{"block_depths": (1, 1)}``).
+
+  A finished directory is reused only when it was trained with the same settings; otherwise
+  this raises (naming the directory) rather than hand back a different model."""
   from spikejax.train.checkpoints import save_model
   from spikejax.train.state import build_train_state
   from spikejax.train.steps import SplitTrainer
-  config = tiny_config(mode, steps=steps, lr=lr, seed=seed)
+  config = tiny_config(mode, steps=steps, lr=lr, seed=seed, model=model)
   directory = os.path.abspath(directory or os.path.join("workdirs", f"tiny_{mode}"))
   info_file = os.path.join(directory, "train_info.json")
+  settings = {"mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+              "model": json.loads(json.dumps(config.model.to_dict()))}
   if os.path.exists(info_file):
+    with open(info_file) as f:
+      saved = json.load(f)
+    differ = sorted(k for k in settings if k in saved and saved[k] != settings[k])
+    if differ:
+      there = {k: saved[k] for k in differ}
+      asked = {k: settings[k] for k in differ}
+      raise ValueError(f"{directory} holds a tiny model trained with other settings "
+                       f"({there} there, {asked} asked); pass another directory or delete "
+                       f"this one to retrain.")
     return directory
   ts = build_train_state(config, None, num_classes=10, image_shape=(32, 32, 1),
                          total_steps=steps, steps_per_epoch=steps)
@@ -85,8 +102,7 @@ def train_tiny(mode: str = "sfa", directory: str | None = None, *, steps: int = 
   save_model(tmp, model, model_name=config.model_name,
              model_kwargs={"num_classes": 10, **ts.model_kwargs})
   with open(os.path.join(tmp, "train_info.json"), "w") as f:
-    json.dump({"mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr,
-               "seconds": round(seconds, 1)}, f, indent=2)
+    json.dump({**settings, "seconds": round(seconds, 1)}, f, indent=2)
   os.makedirs(os.path.dirname(directory), exist_ok=True)
   os.replace(tmp, directory)
   return directory
