@@ -41,6 +41,12 @@ def tiny_config(**over):
     ({"spike.spike_max": 0}, "spike_max"),
     ({"mode": "rate"}, "config.mode"),
     ({"optimizer.name": "sgd"}, "optimizer.name"),
+    ({"batch_size": 0}, "batch_size=0: must be a whole number >= 1"),
+    ({"log_every_steps": 0}, "log_every_steps=0"),
+    ({"checkpoint_every_steps": 0}, "checkpoint_every_steps=0"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints=0.*keep none"),
+    ({"max_train_steps": -1}, "max_train_steps=-1"),
+    ({"max_eval_steps": 0}, "max_eval_steps=0"),
 ])
 def test_config_errors_before_compiling(over, match, tmp_path):
   assert jax.device_count() == 8

@@ -32,12 +32,37 @@ OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("warmup_cosine", "constant")
 
 
+# run settings that count something: at least 1 (None: unset, where the config allows it)
+COUNTS = {"batch_size": "images per step", "eval_batch_size": "images per eval step",
+          "log_every_steps": "steps between log rows",
+          "checkpoint_every_steps": "steps between checkpoints",
+          "keep_checkpoints": "checkpoints kept (0 would keep none: all state lost)",
+          "eval_every_steps": "steps between extra evaluations",
+          "max_train_steps": "training steps", "max_eval_steps": "eval steps"}
+OPTIONAL_COUNTS = ("eval_every_steps", "max_train_steps", "max_eval_steps")
+RECOMMENDED_COUNTS = {"batch_size": 64, "eval_batch_size": 500, "log_every_steps": 50,
+                      "checkpoint_every_steps": 500, "keep_checkpoints": 3}
+
+
+def _check_counts(config) -> None:
+  for key, what in COUNTS.items():
+    if key not in config:
+      continue
+    value = config[key]
+    if value is None and key in OPTIONAL_COUNTS:
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(f"{key}={value!r}: must be a whole number >= 1 ({what}); "
+                        f"e.g. --config.{key}={RECOMMENDED_COUNTS.get(key, 1)}.")
+
+
 def validate(config, num_devices: int) -> None:
   """Checks everything that can be checked before building data or compiling (model, neuron
-  options, batch and mesh against ``num_devices``, optimizer, the task and its model, the
-  evaluators); raises ``ConfigError``."""
+  options, the counts of ``COUNTS``, batch and mesh against ``num_devices``, optimizer, the
+  task and its model, the evaluators); raises ``ConfigError``."""
   from_config.check(config)
   task = tasks_lib.from_config(config)
+  _check_counts(config)
   if config.batch_size % num_devices:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {num_devices} "
                       f"devices; use a multiple of {num_devices}.")
