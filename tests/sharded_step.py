@@ -38,11 +38,13 @@ def run(mesh_data: int, mesh_fsdp: int, steps: int = 3):
   cfg = ml_collections.ConfigDict({"data": mesh_data, "fsdp": mesh_fsdp})
   mesh = sharding.make_mesh(cfg)
   config = optimizer_config()
+  # Built outside the mesh, then placed on it: the eager initializers compile once per
+  # process, not once per mesh (the sharding tests build this model on three meshes).
+  model = create_model("espikeformer_t", num_classes=10, rngs=nnx.Rngs(0),
+                       embed_dims=(8, 16, 16, 16), block_depths=(1, 1),
+                       strides=(1, 2, 2, 2, 1))
+  optimizer, _ = trainer.build_optimizer(config, model, total_steps=10, steps_per_epoch=10)
   with jax.set_mesh(mesh):
-    model = create_model("espikeformer_t", num_classes=10, rngs=nnx.Rngs(0),
-                         embed_dims=(8, 16, 16, 16), block_depths=(1, 1),
-                         strides=(1, 2, 2, 2, 1))
-    optimizer, _ = trainer.build_optimizer(config, model, total_steps=10, steps_per_epoch=10)
     sharding.shard_model_and_optimizer(model, optimizer, mesh)
   model.train()
   full = fixed_batch()

@@ -1,7 +1,8 @@
 """The analysis notebooks execute end to end (nbclient) on a tiny configuration.
 
-Both notebooks train (once, shared through the cache directory) two tiny Fashion-MNIST models
-for a few steps and read everything through the public API; any failing cell fails the test.
+Both notebooks build (once, shared through the cache directory) two tiny Fashion-MNIST models
+(untrained in tiny mode: the analysis code is under test here, not the learning) and read
+everything through the public API; any failing cell fails the test.
 Needs the Debian Fashion-MNIST files (``launch/setup.sh`` installs them).
 """
 

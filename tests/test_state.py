@@ -88,12 +88,14 @@ def test_bench_builds_the_reference_model_and_optimizer():
   from spikejax import bench
   # through bench's own parser, so a new flag cannot leave this test behind
   args = bench._parse(["--model", "espikeformer_t", "--mode", "vanilla", "--time-steps", "2",
-                       "--strides", "2,2,2,1,1", "--in-channels", "1"])
+                       "--strides", "2,2,2,1,1", "--in-channels", "1", "--model-options",
+                       '{"embed_dims": [8, 16, 16, 16], "block_depths": [1, 1]}'])
   c = bench.bench_config(args)
   ts = state.build_train_state(c, None, num_classes=10, image_shape=(16, 16, 1),
                                total_steps=1, steps_per_epoch=1)
   ref = create_model("espikeformer_t", num_classes=10, in_channels=1, dtype=jnp.float32,
-                     rngs=nnx.Rngs(0), strides=(2, 2, 2, 1, 1), firing="binary",
+                     rngs=nnx.Rngs(0), strides=(2, 2, 2, 1, 1), embed_dims=(8, 16, 16, 16),
+                     block_depths=(1, 1), firing="binary",
                      temporal="lif_hard", time_steps=2, tau=2.0, detach_reset=True)
   ref.train()
   ref_opt = nnx.Optimizer(ref, optax.adamw(1e-3), wrt=nnx.Param)

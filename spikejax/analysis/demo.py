@@ -40,7 +40,7 @@ def tiny_config(mode: str = "sfa", *, steps: int = 300, lr: float = 3e-3, seed: 
       mode=mode, spike=dict(SPIKE[mode]), channels=1, dtype="float32",
       optimizer=dict(name="adamw", lr=lr, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
                      grad_clip_norm=0.0, layer_decay=1.0, decay_all=True),
-      warmup_epochs=max(steps // 10, 1) / steps, min_lr=lr * 0.01, ema_decay=0.0))
+      warmup_epochs=max(steps // 10, 1) / max(steps, 1), min_lr=lr * 0.01, ema_decay=0.0))
 
 
 def fashion_mnist_arrays(split: str = "test", n: int | None = None,
@@ -82,18 +82,20 @@ def train_tiny(mode: str = "sfa", directory: str | None = None, *, steps: int = 
                        f"this one to retrain.")
     return directory
   ts = build_train_state(config, None, num_classes=10, image_shape=(32, 32, 1),
-                         total_steps=steps, steps_per_epoch=steps)
+                         total_steps=max(steps, 1), steps_per_epoch=max(steps, 1),
+                         with_optimizer=steps > 0)   # steps=0: the freshly initialised model
   model = ts.model
-  runner = SplitTrainer(model, ts.optimizer, step=ts.task.train_step)
-  x, y = fashion_mnist_arrays("train", source_dir=source_dir)
-  rng = np.random.default_rng(seed)
   t0 = time.time()
-  for _ in range(steps):
-    idx = rng.integers(0, len(y), batch_size)
-    yb = y[idx]
-    runner.step({"image": jnp.asarray(x[idx]), "label": jnp.asarray(yb),
-                 "target": jax.nn.one_hot(yb, 10)})
-  runner.sync()
+  if steps:
+    runner = SplitTrainer(model, ts.optimizer, step=ts.task.train_step)
+    x, y = fashion_mnist_arrays("train", source_dir=source_dir)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+      idx = rng.integers(0, len(y), batch_size)
+      yb = y[idx]
+      runner.step({"image": jnp.asarray(x[idx]), "label": jnp.asarray(yb),
+                   "target": jax.nn.one_hot(yb, 10)})
+    runner.sync()
   seconds = time.time() - t0
   tmp = directory + ".partial"
   if os.path.exists(tmp):
