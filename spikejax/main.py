@@ -46,6 +46,9 @@ def main(argv):
   except trainer.NaNLossError as e:
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(3)
+  except trainer.ckpt_lib.UnreadableCheckpointsError as e:
+    print(f"checkpoint error: {e}", file=sys.stderr)
+    sys.exit(4)
   if jax.process_index() == 0:
     best, metric = summary["best"], summary["best_metric"]
     if best is not None and best.get(metric) is not None:

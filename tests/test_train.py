@@ -96,6 +96,20 @@ def test_smoke_run_and_exact_resume(tmp_path):
   assert len(fire["layers"]) == 55 and "firing_rate" in s["history"][-1]
   nsfr = fire["layers"]["block4.0.mlp.fc1_spike"]["nsfr"][0]
   assert len(nsfr) == 4 and all(a >= b for a, b in zip(nsfr, nsfr[1:]))
+  # TensorBoard: the train scalars of every log step, a firing histogram per layer (values
+  # 0..D) at each evaluation
+  tags = {}
+  for ev in _events(os.path.join(full, "tensorboard")):
+    for v in ev.summary.value:
+      tags.setdefault(v.tag, []).append((ev.step, v))
+  assert [st for st, _ in tags["train/loss"]] == [1, 2, 3, 4]
+  (st, h), = tags["eval_firing/block4.0.mlp.fc1_spike"]
+  assert st == 4 and len(h.histo.bucket) == 5 and h.histo.num > 0
+  assert sum(t.startswith("eval_firing/") for t in tags) == 55
+
+  # rerunning the finished job changes nothing and keeps its history
+  again = trainer.train_and_evaluate(tiny_config(), full)
+  assert again["step"] == 4 and again["history"] == s["history"]
 
   part = str(tmp_path / "part")
   trainer.train_and_evaluate(tiny_config(stop_after_steps=2), part)
@@ -122,6 +136,14 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
   s = trainer.train_and_evaluate(tiny_config(max_train_steps=5), wd)
   assert "could not be restored" in caplog.text
   assert s["step"] == 5
+  # the corrupt step 4 was moved aside (kept), retrained and saved again: every kept
+  # checkpoint reads back, and summary.json names a good one
+  assert [d.split("-")[0] for d in os.listdir(os.path.join(wd, "checkpoints_corrupt"))] == ["4"]
+  ck = checkpoints.TrainCheckpointer(os.path.join(wd, "checkpoints"))
+  assert sorted(ck.manager.all_steps())[-2:] == [4, 5]
+  for step in ck.manager.all_steps():
+    ck._restore_checked(step)
+  assert s["checkpoint"] == os.path.join(wd, "checkpoints", "5")
 
 
 @needs_data
@@ -226,3 +248,150 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert '"stopped_by": "SIGTERM"' in out
   steps = [int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit()]
   assert steps and max(steps) >= 3
+
+
+def _fake_checkpointed_workdir(tmp_path, config):
+  wd = tmp_path / "wd"
+  (wd / "checkpoints" / "2").mkdir(parents=True)
+  (wd / "config.json").write_text(config.to_json_best_effort(indent=2))
+  return wd
+
+
+@pytest.mark.parametrize("over,shown", [
+    ({"image_size": 28}, "image_size: 32 -> 28"),
+    ({"model.embed_dims": (8, 16, 32, 32)}, "model.embed_dims: [8, 16, 16, 16] -> [8, 16, 32, 32]"),
+    ({"spike.spike_max": 8}, "spike.spike_max: 4 -> 8"),
+])
+def test_resume_with_another_config_is_refused_before_writing(tmp_path, over, shown):
+  """Nothing is written (config.json kept byte for byte) and the differing keys are named."""
+  wd = _fake_checkpointed_workdir(tmp_path, tiny_config())
+  before = (wd / "config.json").read_bytes()
+  with pytest.raises(trainer.ConfigError, match="holds checkpoints of another config") as e:
+    trainer.train_and_evaluate(tiny_config(**over), str(wd))
+  assert shown in str(e.value) and "new --workdir" in str(e.value)
+  assert (wd / "config.json").read_bytes() == before
+  assert sorted(os.listdir(wd)) == ["checkpoints", "config.json"]
+
+
+def test_resume_may_change_run_length_and_logging(tmp_path):
+  wd = _fake_checkpointed_workdir(tmp_path, tiny_config())
+  trainer.check_resume_config(tiny_config(num_epochs=3.0, max_train_steps=9, log_every_steps=5,
+                                          **{"mesh.data": 2, "mesh.fsdp": 4}), str(wd))
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  f = tmp_path / "wd"
+  f.write_text("x")
+  with pytest.raises(trainer.ConfigError, match="is a file, not a directory"):
+    trainer.train_and_evaluate(tiny_config(), str(f))
+
+
+def test_metrics_rows_past_the_restored_step_are_set_aside_once(tmp_path):
+  from spikejax.train import metrics
+  rows = [{"step": s, "loss": float(s)} for s in (1, 2, 3, 4)]
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "lo')  # cut
+  assert metrics.supersede_rows(str(tmp_path), 2) == 3
+  assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
+  aside = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+  assert len(aside) == 3 and json.loads(aside[0])["step"] == 3
+  assert metrics.supersede_rows(str(tmp_path), 2) == 0       # once
+
+
+@needs_data
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  """Issue: SIGTERM to one process of a two-process run hung both. The stop is agreed across
+  the processes (``trainer.STOP_SYNC_STEPS``): both save the same step and exit 0."""
+  import signal
+  import socket
+  import subprocess
+  import sys
+  import time
+  wd = tmp_path / "wd"
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cmd = [sys.executable, "-m", "spikejax.main", "--config=configs/fashion_mnist.py:base,runlocal",
+         f"--workdir={wd}", "--config.max_train_steps=100000", "--config.progress_bar=False",
+         "--config.checkpoint_every_steps=100000", "--config.num_epochs=100.0",
+         "--config.batch_size=8", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  metrics = wd / "metrics.jsonl"
+  deadline = time.time() + 300
+  try:
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+      if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+        break
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)        # only the second process is told
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill() if p.poll() is None else None
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert '"stopped_by": "SIGTERM"' in logs[0]
+  steps = [int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit()]
+  assert len(steps) == 1 and steps[0] % trainer.STOP_SYNC_STEPS == 0, steps
+
+
+def test_an_allowed_config_change_keeps_the_earlier_config(tmp_path):
+  first, second = tiny_config(), tiny_config(num_epochs=3.0)
+  trainer._write_config(first, str(tmp_path))
+  trainer._write_config(first, str(tmp_path))          # unchanged: nothing new
+  trainer._write_config(second, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["config.1.json", "config.json"]
+  assert json.loads((tmp_path / "config.1.json").read_text())["num_epochs"] == 1.0
+  assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 3.0
+
+
+def test_a_second_signal_aborts_at_once():
+  import signal
+  with trainer._StopSignal() as stop:
+    stop._handle(signal.SIGTERM, None)
+    assert stop.agreed() == signal.SIGTERM      # one process: its own decision
+    with pytest.raises(KeyboardInterrupt, match="second SIGTERM"):
+      stop._handle(signal.SIGTERM, None)
+
+
+def _events(logdir):
+  """Every event of the TensorBoard files under ``logdir`` (TFRecord framing, read by hand)."""
+  import struct
+  from tensorboard.compat.proto import event_pb2
+  out = []
+  for name in sorted(os.listdir(logdir)):
+    data = open(os.path.join(logdir, name), "rb").read()
+    i = 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i:i + 8])
+      out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+      i += 12 + n + 4
+  return out
+
+
+def test_tensorboard_scalars_histograms_and_images_read_back(tmp_path):
+  from spikejax.train import metrics
+  w = metrics.MetricWriter(str(tmp_path))
+  assert w._tb is not None, "the tensorboard package is a dependency"
+  w.write(3, {"train/loss": 1.25})
+  w.write_histograms(4, {"eval_firing/block4.0.mlp.fc1_spike": np.array([5, 3, 2, 0, 1])})
+  w._tb.image(4, "spike_map", np.arange(12, dtype=np.uint8).reshape(3, 4))
+  w.close()
+  got = {}
+  for ev in _events(tmp_path / "tensorboard"):
+    for v in ev.summary.value:
+      got[v.tag] = (ev.step, v)
+  step, v = got["train/loss"]
+  assert step == 3 and v.simple_value == 1.25
+  step, v = got["eval_firing/block4.0.mlp.fc1_spike"]
+  assert step == 4 and list(v.histo.bucket) == [5, 3, 2, 0, 1] and v.histo.num == 11
+  assert v.histo.sum == 3 + 4 + 4 and v.histo.max == 4 and v.histo.min == 0
+  step, v = got["spike_map"]
+  assert (v.image.height, v.image.width) == (3, 4) and v.image.encoded_image_string[:4] == \
+      b"\x89PNG"
+  assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] \
+      == [3]

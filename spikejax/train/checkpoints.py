@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -102,6 +104,57 @@ def _own_buffers(tree):
   return jax.tree.map(lambda x: copy_array(x) if isinstance(x, jax.Array) else x, tree)
 
 
+DIGEST = "crc32"
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint whose arrays do not match the digests saved with them."""
+
+
+class UnreadableCheckpointsError(RuntimeError):
+  """No checkpoint of a workdir that has some can be restored."""
+
+
+class NonFiniteStateError(FloatingPointError):
+  """The state to save holds NaN or infinity; ``last_good`` names the newest checkpoint."""
+
+  def __init__(self, message: str, *, step: int, arrays: list[str], last_good: str | None):
+    super().__init__(message)
+    self.step, self.arrays, self.last_good = step, arrays, last_good
+
+
+def _whole(x) -> bool:
+  """Whether this process holds all of ``x`` (one process, or replicated onto its devices)."""
+  return isinstance(x, jax.Array) and (x.is_fully_addressable or x.is_fully_replicated)
+
+
+def _not_whole(tree) -> set[str]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path)
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)
+          if isinstance(x, jax.Array) and not _whole(x)}
+
+
+def state_digests(tree) -> tuple[dict[str, str], list[str]]:
+  """``({"model/a/kernel": crc32 hex}, [names of non-finite float arrays])`` over the arrays
+  this process holds whole (arrays sharded across hosts are skipped: no host sees them all).
+  CRC32 catches any flipped bit of an array; ``zlib.crc32`` is about 1 GB/s on one core."""
+  import zlib
+  digests, bad = {}, []
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    if not (_whole(x) or isinstance(x, np.ndarray)):
+      continue
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if isinstance(x, np.ndarray) or x.is_fully_addressable:
+      host = np.asarray(x)                      # all shards of this process, gathered
+    else:
+      host = np.asarray(x.addressable_data(0))  # replicated across processes: one copy
+    host = np.ascontiguousarray(host).reshape(-1)
+    if jnp.issubdtype(host.dtype, jnp.inexact) and not np.isfinite(host).all():
+      bad.append(name)
+    digests[name] = f"{zlib.crc32(host.view(np.uint8)):08x}"
+  return digests, bad
+
+
 def _save_copy(x):
   """A private copy of ``x`` to save. In one process a replicated array is copied onto one
   device: orbax otherwise writes it as one slice per replica (an eager slice op each), which
@@ -156,12 +209,24 @@ class TrainCheckpointer:
     return tree
 
   def save(self, step: int, model, optimizer, ema=None, *, best=None, force=False) -> None:
+    """Saves asynchronously, with a CRC32 digest of every array this process holds whole.
+
+    Raises ``NonFiniteStateError`` (nothing written) when a floating-point array holds a NaN
+    or an infinity: a checkpoint is only ever a state worth resuming."""
     if step in self.manager.all_steps():
       return
-    meta = {"step": int(step), "best": best}
     # Private copies: the save is asynchronous and the next train step donates (frees) the
     # live arrays; on CPU a host "transfer" can be a view of that device buffer.
     tree = jax.tree.map(_save_copy, self._tree(model, optimizer, ema))
+    digests, bad = state_digests(tree)
+    if bad:
+      self.manager.wait_until_finished()
+      raise NonFiniteStateError(
+          f"the state at step {step} holds non-finite values ({len(bad)} arrays, e.g. "
+          f"{bad[0]}); it was not saved. The last good checkpoint is "
+          f"{self.latest_path() or 'none (no checkpoint was written yet)'}.", step=step,
+          arrays=bad, last_good=self.latest_path())
+    meta = {"step": int(step), "best": best, "digest": DIGEST, "digests": digests}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
         meta=ocp.args.JsonSave(meta)), force=force)
@@ -183,46 +248,88 @@ class TrainCheckpointer:
     except Exception:  # a corrupt latest checkpoint is reported by restore_latest
       return None
 
-  def restore_arrays(self) -> tuple[int, dict[str, Any]]:
-    """The newest readable checkpoint as saved (``{'model': {...}, 'optimizer': ...}``)."""
-    import logging
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    if not steps:
-      raise FileNotFoundError(f"no training checkpoint in {self.directory}: train first, or "
-                              f"pass a model directory written by `python -m spikejax.convert`.")
-    for step in steps:
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))["state"]
-        return int(step), restored
-      except Exception as e:  # corrupt or incomplete: say so, use the previous one
-        logging.getLogger("spikejax").warning(
-            "checkpoint %s/%d could not be restored (%s); trying the previous one",
-            self.directory, step, type(e).__name__)
-    raise ValueError(f"no readable checkpoint in {self.directory} (all of {steps} failed).")
+  def _restore_checked(self, step: int, abstract=None) -> dict[str, Any]:
+    """One checkpoint's state, its digests verified (``CorruptCheckpointError`` if not)."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    state, meta = restored["state"], restored["meta"] or {}
+    saved = meta.get("digests")
+    if saved is not None:   # checkpoints written before digests were added have none
+      got, _ = state_digests(state)
+      wrong = sorted(k for k in saved if k in got and got[k] != saved[k])
+      missing = sorted(set(saved) - set(got) - _not_whole(state))
+      if wrong or missing:
+        raise CorruptCheckpointError(
+            f"{len(wrong)} of {len(saved)} arrays do not match their saved digests "
+            f"(e.g. {(wrong or missing)[0]})")
+    return state
 
-  def restore_latest(self, model, optimizer, ema=None) -> int:
-    """Restores the newest readable checkpoint in place; returns its step (0 if none)."""
+  def _readable(self, abstract=None) -> tuple[int, dict[str, Any], list[int]]:
+    """The newest checkpoint that restores and verifies: ``(step, state, unreadable newer
+    steps)``. Raises ``UnreadableCheckpointsError`` when none does (nothing is moved then)."""
     import logging
     log = logging.getLogger("spikejax")
-    target = self._tree(model, optimizer, ema)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    bad = []
+    for step in steps:
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))["state"]
-        restored = _own_buffers(restored)
+        return int(step), self._restore_checked(step, abstract), bad
       except Exception as e:  # corrupt or incomplete: say so, use the previous one
         log.warning("checkpoint %s/%d could not be restored (%s: %s); trying the previous one",
                     self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
-        continue
-      _assign(model, restored["model"])
-      _assign(optimizer, restored["optimizer"])
-      if ema is not None and "ema" in restored:
-        ema.params = dict(restored["ema"])
-      log.info("resumed from %s/%d", self.directory, step)
-      return int(step)
-    return 0
+        bad.append(int(step))
+    raise UnreadableCheckpointsError(
+        f"none of the checkpoints {sorted(steps)} in {self.directory} can be restored (corrupt "
+        f"or incomplete; see the warnings above). Nothing was changed: to start afresh, use a "
+        f"new --workdir (or move {self.directory} aside).")
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Moves unreadable step directories to ``<checkpoints>_corrupt/`` (kept, not deleted),
+    so the rotation cannot keep them over good ones and their steps can be saved again."""
+    import logging
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      aside = self.directory + "_corrupt"
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        if os.path.exists(src):
+          dst = os.path.join(aside, f"{step}-{int(time.time())}")
+          os.replace(src, dst)
+          logging.getLogger("spikejax").warning("moved the unreadable checkpoint %s to %s",
+                                                src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("spikejax_move_aside_corrupt_checkpoints")
+    self.manager.reload()
+
+  def restore_arrays(self) -> tuple[int, dict[str, Any]]:
+    """The newest readable checkpoint as saved (``{'model': {...}, 'optimizer': ...}``)."""
+    if not self.manager.all_steps():
+      raise FileNotFoundError(f"no training checkpoint in {self.directory}: train first, or "
+                              f"pass a model directory written by `python -m spikejax.convert`.")
+    step, restored, _ = self._readable()
+    return step, restored
+
+  def restore_latest(self, model, optimizer, ema=None) -> int:
+    """Restores the newest readable checkpoint in place; returns its step (0 if there is no
+    checkpoint). Newer unreadable ones are moved aside; when none is readable this raises
+    ``UnreadableCheckpointsError`` rather than restart at step 0 over them."""
+    import logging
+    if not self.manager.all_steps():
+      return 0
+    target = self._tree(model, optimizer, ema)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    step, restored, bad = self._readable(abstract)
+    restored = _own_buffers(restored)
+    self._move_aside(bad)
+    _assign(model, restored["model"])
+    _assign(optimizer, restored["optimizer"])
+    if ema is not None and "ema" in restored:
+      ema.params = dict(restored["ema"])
+    logging.getLogger("spikejax").info("resumed from %s/%d", self.directory, step)
+    return int(step)
 
 
 def read_model_values(path: str) -> dict[str, Any]:

@@ -40,10 +40,12 @@ OPTIONS = ("type", "name", "split", "batch_size", "max_steps", "prefix")
 
 @dataclasses.dataclass
 class Result:
-  """What an evaluator adds to one evaluation: scalars, history-row entries, JSON files."""
+  """What an evaluator adds to one evaluation: scalars, history-row entries, JSON files, and
+  histograms (``{tag: counts}``, ``counts[v]`` = how often the value ``v`` occurred)."""
   scalars: dict[str, float] = dataclasses.field(default_factory=dict)
   row: dict[str, Any] = dataclasses.field(default_factory=dict)
   files: dict[str, Any] = dataclasses.field(default_factory=dict)
+  histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 class Evaluator:
@@ -90,6 +92,8 @@ class FiringEvaluator(Evaluator):
     fname = "firing.json" if self.prefix == "eval" else f"firing_{self.prefix}.json"
     out.files[fname] = {"step": step, "epoch": epoch,
                         "layers": {k: v.as_dict() for k, v in stats.layers.items()}}
+    for k, v in stats.layers.items():   # integer activations 0..top, over T
+      out.histograms[f"{self.prefix}_firing/{k}"] = v.histogram.sum(0)
     return out
 
 

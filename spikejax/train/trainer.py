@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from spikejax.models.from_config import ConfigError, model_kwargs  # noqa: F401  (public here)
 from spikejax.train import checkpoints as ckpt_lib
@@ -48,6 +49,91 @@ def jitted_train_step(task: str | None = None, distill: bool = False):
   return tasks_lib.from_config(cfg).train_step
 
 
+# config keys a resumed run may change: they do not change what was trained so far
+# (run length, limits, logging, evaluation, checkpointing, the mesh it restores onto)
+RESUME_SAFE = ("num_epochs", "max_train_steps", "stop_after_steps", "time_limit_minutes",
+               "log_every_steps", "progress_bar", "eval_every_epochs", "eval_every_steps",
+               "max_eval_steps", "eval_batch_size", "firing_stats", "evals",
+               "checkpoint_every_steps", "keep_checkpoints", "data_dir", "mesh")
+
+
+def _flat_json(node, prefix=""):
+  if isinstance(node, dict):
+    out = {}
+    for k, v in node.items():
+      out.update(_flat_json(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: node}
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  ckpt = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))
+
+
+def _previous_history(workdir: str, start_step: int) -> list[dict[str, Any]]:
+  """The history rows of an earlier ``summary.json`` up to ``start_step`` (none at step 0)."""
+  path = os.path.join(workdir, "summary.json")
+  if not start_step or not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      rows = json.load(f).get("history") or []
+  except (OSError, ValueError):
+    log.warning("%s is unreadable; its history is not carried over", path)
+    return []
+  return [r for r in rows if r.get("step", 0) <= start_step]
+
+
+def check_resume_config(config, workdir: str) -> None:
+  """Refuses (``ConfigError``, before anything is written) to resume the checkpoints of
+  ``workdir`` with a config that differs from its ``config.json`` in a key outside
+  ``RESUME_SAFE``, naming each differing key with both values."""
+  saved_file = os.path.join(workdir, "config.json")
+  if not (os.path.exists(saved_file) and _has_checkpoints(workdir)):
+    return
+  try:
+    with open(saved_file) as f:
+      saved = _flat_json(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{saved_file} cannot be read ({type(e).__name__}); the checkpoints "
+                      f"there cannot be checked against this config: use a new --workdir.")
+  new = _flat_json(json.loads(config.to_json_best_effort()))
+  differ = sorted(k for k in set(saved) | set(new) if saved.get(k, "<absent>") !=
+                  new.get(k, "<absent>") and k.split(".")[0] not in RESUME_SAFE)
+  if differ:
+    shown = ", ".join(f"{k}: {saved.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+                      for k in differ[:6])
+    more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+    raise ConfigError(
+        f"{workdir} holds checkpoints of another config ({shown}{more}); resuming them with "
+        f"this one would be wrong. Use a new --workdir to start afresh, or rerun with the "
+        f"saved config (only {', '.join(RESUME_SAFE)} may change on resume).")
+
+
+def _write_config(config, workdir: str) -> None:
+  """Writes ``config.json``; a different earlier one is kept as ``config.<n>.json``."""
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if old == text:
+      return
+    n = 1
+    while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+      n += 1
+    os.replace(path, os.path.join(workdir, f"config.{n}.json"))
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+# steps between the processes' agreements on stopping (a signal, a time limit): each is one
+# host all-gather that waits for the step in flight, so not every step on a pod
+STOP_SYNC_STEPS = 10
+
+
 class _StopSignal:
   """Turns SIGTERM/SIGINT into a flag checked at step boundaries (save, then exit cleanly)."""
 
@@ -64,9 +150,24 @@ class _StopSignal:
     return self
 
   def _handle(self, signum, frame):
-    if self.received is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+    if self.received is not None:   # a second SIGTERM or Ctrl-C aborts at once
+      raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborted without saving")
     self.received = signum
+
+  def agreed(self, local_stop: bool = False) -> int | None:
+    """The stop decision of all processes (preemption-time agreement, as in large trainers):
+    a signal (or ``local_stop``, e.g. this host's time limit) on any process stops every one
+    at the same step; one small all-gather over the hosts, skipped in a single process."""
+    mine = int(self.received or (-1 if local_stop else 0))
+    if jax.process_count() == 1:
+      return mine or None
+    from jax.experimental import multihost_utils
+    votes = np.asarray(multihost_utils.process_allgather(np.int32(mine)))
+    signals = [int(v) for v in votes.ravel() if v > 0]
+    if signals:
+      self.received = self.received or signals[0]
+      return self.received
+    return -1 if (votes < 0).any() else None
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -99,11 +200,12 @@ def _dataset(data_lib, config, split: str, batch_size: int, train: bool):
 
 def run_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema, *, step: int,
                     epoch: float) -> tuple[dict[str, Any], dict[str, float], dict[str, Any],
-                                           dict[str, Any] | None]:
+                                           dict[str, Any], dict[str, Any] | None]:
   """Every evaluator's pass over its data, then the main one on the EMA weights. Returns
-  ``(history row entries, scalars, JSON files, the main evaluator's metrics)``."""
+  ``(history row entries, scalars, histograms, JSON files, the main evaluator's metrics)``."""
   row: dict[str, Any] = {}
   scalars: dict[str, float] = {}
+  histograms: dict[str, Any] = {}
   files: dict[str, Any] = {}
   main_pass, main = evaluators_lib.main_evaluator(passes)
   main_metrics = None
@@ -113,6 +215,7 @@ def run_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema, *, ste
       r = e.result(res, res.get("firing"), step=step, epoch=epoch)
       row.update(r.row)
       scalars.update(r.scalars)
+      histograms.update(r.histograms)
       files.update(r.files)
       if e is main:
         main_metrics = res
@@ -123,7 +226,7 @@ def run_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema, *, ste
     m = task.best_metric
     row[main.key(m + "_ema", task.row_name(m) + "_ema")] = res_ema[m]
     scalars[f"{main.prefix}/{m}_ema"] = res_ema[m]
-  return row, scalars, files, main_metrics
+  return row, scalars, histograms, files, main_metrics
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -137,11 +240,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   task = tasks_lib.from_config(config)
   passes = evaluators_lib.from_config(config, task, num_devices)
   workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory.")
+  check_resume_config(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _write_config(config, workdir)
 
   mesh = sharding_lib.make_mesh(config.mesh, num_devices)
   train_ds = _dataset(data_lib, config, config.train_split, config.batch_size, train=True)
@@ -168,6 +273,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     step_args = task.step_args(config, mesh)
 
   start_step = manager.restore_latest(model, optimizer, ema)
+  if is_main:   # rows logged past the restored step belong to lost work: set them aside once
+    metrics_lib.supersede_rows(workdir, start_step)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   if is_main:
     log.info("model %s (task %s): %d parameters; %d steps (%d per epoch); devices %d; resume "
@@ -179,7 +286,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   step = start_step
   bar = metrics_lib.Progress(total_steps, initial=start_step,
                              enabled=is_main and config.progress_bar)
-  history: list[dict[str, Any]] = []
+  history = _previous_history(workdir, start_step)   # a rerun keeps the evaluations so far
   stopped_by = None
   time_limit = config.get("time_limit_minutes")
   t_seen, imgs_seen = time.time(), 0
@@ -197,6 +304,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if step % config.log_every_steps == 0 or step == total_steps:
         vals = {k: float(v) for k, v in out.items()}
         if not math.isfinite(vals["loss"]):
+          manager.wait()   # "the last good checkpoint" is a finished one, never a -tmp dir
           raise NaNLossError(
               f"loss is {vals['loss']} at step {step}; the last good checkpoint is "
               f"{manager.latest_path() or 'none (no checkpoint was written yet)'}. Lower the "
@@ -208,7 +316,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         writer.write(step, {"train/" + k: v for k, v in vals.items()})
         bar.update(step, vals)
       end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-      over_time = time_limit and (time.time() - t_start) > 60 * time_limit
+      over_time = bool(time_limit and (time.time() - t_start) > 60 * time_limit)
+      if jax.process_count() == 1 or step % STOP_SYNC_STEPS == 0 or step == total_steps:
+        decision = stop.agreed(local_stop=over_time)   # the same on every process
+        over_time = decision == -1
+        signalled = decision is not None and decision > 0
+      else:   # between agreement points a signal or time limit waits (at most 9 steps)
+        over_time = signalled = False
       if over_time:
         stopped_by = f"time limit {time_limit} min"
         end_of_epoch = True
@@ -224,7 +338,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         row = {"epoch": round(epoch, 3), "step": step,
                "time_min": round((t_eval - t_start) / 60, 2),
                "train_min": round((t_eval - t_start - eval_s) / 60, 3)}
-        entries, scalars, files, metrics = run_evaluations(
+        entries, scalars, histograms, files, metrics = run_evaluations(
             model, task, passes, eval_sets, eval_step, mesh, ema, step=step, epoch=epoch)
         row.update(entries)
         scalars.update({"eval/epoch": epoch, "eval/time_min": row["time_min"]})
@@ -234,6 +348,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               json.dump(content, f)
         history.append(row)
         writer.write(step, scalars)
+        writer.write_histograms(step, histograms)
         eval_s += time.time() - t_eval
         if metrics is not None:
           bar.write(f"epoch {epoch:.2f} step {step}: {task.describe(metrics)} "
@@ -241,10 +356,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           if task.is_better(metrics, best):
             best = {**{k: metrics.get(k) for k in task.logged}, "step": step, "epoch": epoch}
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stopped_by \
-          or stop.received:
+          or signalled:
         runner.sync()
-        manager.save(step, model, optimizer, ema, best=best)
-      if stop.received:
+        try:
+          manager.save(step, model, optimizer, ema, best=best)
+        except ckpt_lib.NonFiniteStateError as e:   # never saved: resuming it would be NaN
+          raise NaNLossError(
+              f"the training state is not finite at step {step} ({len(e.arrays)} arrays, e.g. "
+              f"{e.arrays[0]}); it was not saved; the last good checkpoint is "
+              f"{e.last_good or 'none (no checkpoint was written yet)'}. Lower the learning "
+              f"rate or check the data, then rerun to resume from it.") from None
+      if signalled:
         stopped_by = signal.Signals(stop.received).name
         break
       if stopped_by:
