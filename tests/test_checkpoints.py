@@ -114,3 +114,11 @@ def test_non_finite_state_is_never_saved(tmp_path):
   assert e.value.last_good.endswith(os.path.join("checkpoints", "1"))
   ck.wait()
   assert sorted(ck.manager.all_steps()) == [1]
+
+
+def test_prng_key_arrays_are_digested_by_their_words():
+  key = jax.random.key(3)
+  digests, bad = C.state_digests({"rng": key, "x": jnp.ones(2)})
+  assert not bad and set(digests) == {"rng", "x"}
+  assert digests["rng"] == C.state_digests({"rng": jax.random.key_data(key)})[0]["rng"]
+  assert digests["rng"] != C.state_digests({"rng": jax.random.key(4)})[0]["rng"]

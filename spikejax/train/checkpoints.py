@@ -144,6 +144,8 @@ def state_digests(tree) -> tuple[dict[str, str], list[str]]:
     if not (_whole(x) or isinstance(x, np.ndarray)):
       continue
     name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)                # a PRNG key (e.g. MIM's mask stream): its words
     if isinstance(x, np.ndarray) or x.is_fully_addressable:
       host = np.asarray(x)                      # all shards of this process, gathered
     else:
