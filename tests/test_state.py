@@ -127,3 +127,18 @@ def test_demo_config_keeps_the_saved_model_options():
   assert int(round(c.warmup_epochs * 100)) == 10
   with pytest.raises(ValueError, match="mode must be one of"):
     demo.tiny_config("rate")
+
+
+def test_demo_refuses_a_cached_tiny_model_of_other_settings(tmp_path):
+  """A cached tiny model is reused only when trained with the same settings (never silently
+  handed back for other ones); the check runs before anything is built."""
+  import json
+  from spikejax.analysis import demo
+  d = tmp_path / "tiny_sfa"
+  d.mkdir()
+  (d / "train_info.json").write_text(json.dumps({"mode": "sfa", "steps": 600, "batch_size": 64,
+                                                 "lr": 3e-3, "seed": 0}))
+  with pytest.raises(ValueError, match=r"other settings \(\{'steps': 600\} there, "
+                                       r"\{'steps': 8\} asked\)"):
+    demo.train_tiny("sfa", str(d), steps=8)
+  assert demo.train_tiny("sfa", str(d), steps=600) == str(d)   # same settings: reused
