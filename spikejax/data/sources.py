@@ -173,16 +173,14 @@ def load_arrays(source: Source, channels: int, start: int = 0,
     labels.setflags(write=False)
     return images, labels
 
-  if hasattr(source, "fingerprint"):
-    decode = make
+  def decoded():   # from the disk cache when the source says what its arrays depend on
+    fingerprint = source.fingerprint() if hasattr(source, "fingerprint") else None
+    if fingerprint is None:
+      return make()
+    return _disk_cached(dict(fingerprint, channels=channels, start=start, end=end), make)
 
-    def make():
-      fingerprint = source.fingerprint()
-      if fingerprint is None:
-        return decode()
-      return _disk_cached(dict(fingerprint, channels=channels, start=start, end=end), decode)
   key = getattr(source, "cache_key", None)
-  return make() if key is None else _cached(("arrays",) + tuple(key) + (start, end), make)
+  return decoded() if key is None else _cached(("arrays",) + tuple(key) + (start, end), decoded)
 
 
 def cache_dir() -> str | None:

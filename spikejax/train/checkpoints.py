@@ -7,6 +7,7 @@ so ``load_model(dir)`` can rebuild the module before restoring its variables.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+
+log = logging.getLogger("spikejax")
 
 MODEL_JSON = "model.json"
 STATE_DIR = "state"
@@ -128,10 +131,14 @@ def _whole(x) -> bool:
   return isinstance(x, jax.Array) and (x.is_fully_addressable or x.is_fully_replicated)
 
 
+def _named_leaves(tree):
+  """``(name, leaf)`` pairs, names as ``_flat`` writes them (``"model/a/kernel"``)."""
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    yield "/".join(str(getattr(k, "key", k)) for k in path), x
+
+
 def _not_whole(tree) -> set[str]:
-  return {"/".join(str(getattr(k, "key", k)) for k in path)
-          for path, x in jax.tree_util.tree_leaves_with_path(tree)
-          if isinstance(x, jax.Array) and not _whole(x)}
+  return {name for name, x in _named_leaves(tree) if isinstance(x, jax.Array) and not _whole(x)}
 
 
 def state_digests(tree) -> tuple[dict[str, str], list[str]]:
@@ -140,10 +147,9 @@ def state_digests(tree) -> tuple[dict[str, str], list[str]]:
   CRC32 catches any flipped bit of an array; ``zlib.crc32`` is about 1 GB/s on one core."""
   import zlib
   digests, bad = {}, []
-  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+  for name, x in _named_leaves(tree):
     if not (_whole(x) or isinstance(x, np.ndarray)):
       continue
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       x = jax.random.key_data(x)                # a PRNG key (e.g. MIM's mask stream): its words
     if isinstance(x, np.ndarray) or x.is_fully_addressable:
@@ -269,8 +275,6 @@ class TrainCheckpointer:
   def _readable(self, abstract=None) -> tuple[int, dict[str, Any], list[int]]:
     """The newest checkpoint that restores and verifies: ``(step, state, unreadable newer
     steps)``. Raises ``UnreadableCheckpointsError`` when none does (nothing is moved then)."""
-    import logging
-    log = logging.getLogger("spikejax")
     steps = sorted(self.manager.all_steps(), reverse=True)
     bad = []
     for step in steps:
@@ -288,7 +292,6 @@ class TrainCheckpointer:
   def _move_aside(self, steps: list[int]) -> None:
     """Moves unreadable step directories to ``<checkpoints>_corrupt/`` (kept, not deleted),
     so the rotation cannot keep them over good ones and their steps can be saved again."""
-    import logging
     if not steps:
       return
     if jax.process_index() == 0:
@@ -299,8 +302,7 @@ class TrainCheckpointer:
         if os.path.exists(src):
           dst = os.path.join(aside, f"{step}-{int(time.time())}")
           os.replace(src, dst)
-          logging.getLogger("spikejax").warning("moved the unreadable checkpoint %s to %s",
-                                                src, dst)
+          log.warning("moved the unreadable checkpoint %s to %s", src, dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("spikejax_move_aside_corrupt_checkpoints")
@@ -318,7 +320,6 @@ class TrainCheckpointer:
     """Restores the newest readable checkpoint in place; returns its step (0 if there is no
     checkpoint). Newer unreadable ones are moved aside; when none is readable this raises
     ``UnreadableCheckpointsError`` rather than restart at step 0 over them."""
-    import logging
     if not self.manager.all_steps():
       return 0
     target = self._tree(model, optimizer, ema)
@@ -330,7 +331,7 @@ class TrainCheckpointer:
     _assign(optimizer, restored["optimizer"])
     if ema is not None and "ema" in restored:
       ema.params = dict(restored["ema"])
-    logging.getLogger("spikejax").info("resumed from %s/%d", self.directory, step)
+    log.info("resumed from %s/%d", self.directory, step)
     return int(step)
 
 

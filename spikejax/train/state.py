@@ -40,8 +40,6 @@ COUNTS = {"batch_size": "images per step", "eval_batch_size": "images per eval s
           "eval_every_steps": "steps between extra evaluations",
           "max_train_steps": "training steps", "max_eval_steps": "eval steps"}
 OPTIONAL_COUNTS = ("eval_every_steps", "max_train_steps", "max_eval_steps")
-RECOMMENDED_COUNTS = {"batch_size": 64, "eval_batch_size": 500, "log_every_steps": 50,
-                      "checkpoint_every_steps": 500, "keep_checkpoints": 3}
 
 
 def _check_counts(config) -> None:
@@ -52,8 +50,8 @@ def _check_counts(config) -> None:
     if value is None and key in OPTIONAL_COUNTS:
       continue
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ConfigError(f"{key}={value!r}: must be a whole number >= 1 ({what}); "
-                        f"e.g. --config.{key}={RECOMMENDED_COUNTS.get(key, 1)}.")
+      raise ConfigError(f"{key}={value!r}: must be a whole number >= 1 ({what}); set "
+                        f"--config.{key}=N.")
 
 
 def validate(config, num_devices: int) -> None:
