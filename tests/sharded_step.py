@@ -63,21 +63,30 @@ def run(mesh_data: int, mesh_fsdp: int, steps: int = 3):
   snapshot = nnx.state(model)
   _, grads = loss_and_grads(model, sharding.shard_batch(local, mesh))
   nnx.update(model, snapshot)
-  gathered = {"/".join(map(str, path)): np.asarray(
-      jax.experimental.multihost_utils.process_allgather(var.get_value(), tiled=True))
-      for path, var in nnx.to_flat_state(grads)}
+  gathered = _gather({"/".join(map(str, path)): var.get_value()
+                      for path, var in nnx.to_flat_state(grads)}, mesh)
   runner = trainer.SplitTrainer(model, optimizer)  # the trainer's own step
   losses = []
   for _ in range(steps):
     out = runner.step(sharding.shard_batch(local, mesh))
     losses.append(float(out["loss"]))
   runner.sync()
-  params = {}
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
-    arr = var.get_value()
-    params["/".join(map(str, path))] = np.asarray(
-        jax.experimental.multihost_utils.process_allgather(arr, tiled=True))
+  params = _gather({"/".join(map(str, path)): var.get_value() for path, var in
+                    nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))},
+                   mesh)
   return np.asarray(losses), params, gathered
+
+
+def _gather(arrays: dict, mesh) -> dict:
+  """Global arrays -> numpy on every process, in one program: replicating them all at once
+  costs one compile and one exchange, where a ``process_allgather`` per array cost 35 s of a
+  72 s two-process run (gloo collectives over loopback, ~200 arrays twice)."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec
+  if jax.process_count() == 1:
+    return {k: np.asarray(v) for k, v in arrays.items()}
+  replicated = jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec()))(arrays)
+  return {k: np.asarray(v.addressable_data(0)) for k, v in replicated.items()}
 
 
 if __name__ == "__main__":
@@ -85,7 +94,6 @@ if __name__ == "__main__":
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
-  import jax.experimental.multihost_utils  # noqa: F401
   jax.distributed.initialize(coord, nproc, pid)
   losses, params, grads = run(mesh_data=-1, mesh_fsdp=2)
   if pid == 0:

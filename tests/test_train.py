@@ -82,10 +82,25 @@ def test_fashion_mnist_recipes_build_the_measured_models(arg, name, params):
   trainer.validate(v, 4)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """One finished 4-step run of ``tiny_config()`` (checkpoints at steps 2 and 4), shared by
+  the tests below; a test that changes a workdir works on its own copy (``copy_of``)."""
+  if not os.path.isdir(FMNIST):
+    pytest.skip("apt-get install -y dataset-fashion-mnist")
+  wd = str(tmp_path_factory.mktemp("trained") / "wd")
+  return wd, trainer.train_and_evaluate(tiny_config(), wd)
+
+
+def copy_of(workdir, tmp_path):
+  import shutil
+  return shutil.copytree(workdir, str(tmp_path / "wd"))
+
+
 @needs_data
-def test_smoke_run_and_exact_resume(tmp_path):
-  full = str(tmp_path / "full")
-  s = trainer.train_and_evaluate(tiny_config(), full)
+def test_smoke_run_and_exact_resume(trained, tmp_path):
+  full = copy_of(trained[0], tmp_path)
+  s = trained[1]
   assert s["step"] == 4 and s["best_accuracy"] is not None
   assert "test_accuracy_ema" in s["history"][-1]
   for name in ("config.json", "metrics.jsonl", "summary.json", "firing.json"):
@@ -123,9 +138,8 @@ def test_smoke_run_and_exact_resume(tmp_path):
 
 
 @needs_data
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
-  wd = str(tmp_path / "wd")
-  trainer.train_and_evaluate(tiny_config(max_train_steps=4), wd)
+def test_corrupt_latest_checkpoint_falls_back(trained, tmp_path, caplog):
+  wd = copy_of(trained[0], tmp_path)    # 4 steps of tiny_config()
   latest = os.path.join(wd, "checkpoints", "4", "state")
   for root, _, files in os.walk(latest):
     for f in files:
@@ -201,9 +215,9 @@ def test_unalias_gives_every_donated_array_its_own_buffer():
 
 
 @needs_data
-def test_checkpoint_restores_onto_a_different_mesh(tmp_path, monkeypatch):
-  wd = str(tmp_path / "wd")
-  trainer.train_and_evaluate(tiny_config(**{"mesh.data": 8, "mesh.fsdp": 1}), wd)
+def test_checkpoint_restores_onto_a_different_mesh(trained, tmp_path, monkeypatch):
+  wd = copy_of(trained[0], tmp_path)    # 4 steps on the 8 x 1 (data x fsdp) mesh
+  assert json.load(open(os.path.join(wd, "config.json")))["mesh"] == {"data": -1, "fsdp": 1}
   # The restored state must not share device buffers (on CPU devices orbax can restore a
   # replicated array with shards sharing one buffer; donating it crashed the next step).
   pointers = []
