@@ -12,7 +12,11 @@ older spikingjelly releases spell it ``...conv1.0.module.0.weight`` and are acce
 
 Command line::
 
-    python -m spikejax.convert official.pth|.npz --model NAME [--num-classes N] --out DIR
+    python -m spikejax.convert official.pth|.npz --model NAME [--num-classes N] [--kd|--no-kd]
+        [--spike-max D] [--img-size S] --out DIR
+
+Options a file states are read from it (``head_kd.*`` keys, the saved training ``args``, a
+release name such as ``83M_1x8_384.pth``); a request that contradicts it is an error.
 """
 
 from __future__ import annotations
@@ -206,28 +210,115 @@ def load_official_state_dict(model, state_dict: Mapping[str, Any], *, strict: bo
   return model
 
 
-def read_checkpoint_file(path: str) -> dict[str, np.ndarray]:
-  """Reads an official ``.pth``/``.pt`` (needs torch) or ``.npz`` file into numpy arrays."""
+def read_official(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """An official ``.pth``/``.pt`` (needs torch) or ``.npz`` file -> ``(state_dict as numpy
+  arrays, the training arguments saved with it as a dict, or {})``.
+
+  The official ``save_model`` writes ``{"model", "optimizer", "epoch", "scaler", "args"}`` with
+  ``args`` an ``argparse.Namespace``. It is read with ``torch.load(weights_only=True)``, which
+  unpickles tensors and plain containers only; ``argparse.Namespace`` is the one class added to
+  that allowlist. Anything else in the file is refused, never unpickled blindly.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint file {path!r} does not exist.")
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as z:
-      keys = [k for k in z.files if k.startswith("state_dict/")] or list(z.files)
-      return clean_state_dict({k: z[k] for k in keys})
+    import zipfile
+    if not zipfile.is_zipfile(path):   # np.load would call it "pickled data"
+      raise ValueError(f"{path} is not a .npz archive (not a zip file): write one with "
+                       f"numpy.savez(path, **state_dict) or pass the official .pth file.")
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        keys = [k for k in z.files if k.startswith("state_dict/")] or list(z.files)
+        return clean_state_dict({k: z[k] for k in keys}), {}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+      raise ValueError(f"{path} cannot be read as a .npz of arrays ({type(e).__name__}: "
+                       f"{e}); object arrays are refused: save plain numeric arrays.") from None
   if path.endswith((".pth", ".pt", ".bin")):
     try:
       import torch
     except ImportError as e:
       raise ImportError("reading .pth files needs PyTorch: pip install 'spikejax[torch]' "
                         "(or convert to .npz elsewhere).") from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return clean_state_dict(obj)
+    try:
+      with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+      raise ValueError(f"{path} cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
+                       f"{' '.join(str(e).split())[:300]}); pass the official .pth file, or a "
+                       f".npz of its state_dict.") from None
+    saved = obj.get("args") if isinstance(obj, Mapping) else None
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved or {})
+    return clean_state_dict(obj), saved
   raise ValueError(f"unknown checkpoint format {path!r}: expected .pth, .pt or .npz.")
+
+
+def read_checkpoint_file(path: str) -> dict[str, np.ndarray]:
+  """The state_dict of an official ``.pth``/``.pt`` or ``.npz`` file (``read_official``)."""
+  return read_official(path)[0]
 
 
 def infer_num_classes(sd: Mapping[str, np.ndarray]) -> int | None:
   w = sd.get("head.weight")
   return None if w is None else int(w.shape[0])
+
+
+# Released file names state T x D and the resolution: ``83M_1x8_384.pth`` (spec §1.3).
+_RELEASE_NAME = re.compile(r"(?<![0-9])(\d+)x(\d+)(?:_(\d{3}))?(?![0-9])")
+
+
+def options_from_file_name(path: str) -> dict[str, int]:
+  """``time_steps``, ``spike_max`` and ``image_size`` as an official release's file name
+  states them (``171M_1x8_384.pth`` -> 1, 8, 384); {} for other names."""
+  m = _RELEASE_NAME.search(os.path.basename(path))
+  if not m:
+    return {}
+  out = {"time_steps": int(m[1]), "spike_max": int(m[2])}
+  if m[3]:
+    out["image_size"] = int(m[3])
+  return out
+
+
+def resolve_options(sd: Mapping[str, Any], saved_args: Mapping[str, Any], path: str, *,
+                    family: str, kd: bool | None = None, spike_max: int | None = None,
+                    image_size: int | None = None) -> tuple[dict[str, Any], int | None]:
+  """The model options a checkpoint needs, from what was asked, its keys, its saved
+  arguments and its file name: ``(create_model options, image size or None)``. A request that
+  contradicts the file raises ``ValueError`` naming both."""
+  has_kd = any(k.startswith("head_kd.") for k in sd)
+  opts: dict[str, Any] = {}
+  if family == "spikformer":
+    if kd is True and not has_kd:
+      raise ValueError(f"--kd but {path} has no head_kd.* keys (a model finetuned without "
+                       f"distillation): pass --no-kd.")
+    if kd is False and has_kd:
+      raise ValueError(f"--no-kd but {path} holds a distillation head (head_kd.*): pass --kd.")
+    saved_kd = saved_args.get("kd")
+    if saved_kd is not None and bool(saved_kd) != has_kd:
+      raise ValueError(f"{path}: its saved args say kd={saved_kd} but its keys "
+                       f"{'hold' if has_kd else 'lack'} head_kd.*; the file is inconsistent.")
+    opts["kd"] = has_kd
+  elif has_kd or kd:
+    raise ValueError(f"{'the file holds head_kd.* keys' if has_kd else '--kd'}, but a "
+                     f"{family} model has no distillation head; pick a LARGE model "
+                     f"(spikformer12_512 / spikformer12_768).")
+  named = options_from_file_name(path)
+  if spike_max is not None and "spike_max" in named and named["spike_max"] != spike_max:
+    raise ValueError(f"--spike-max {spike_max} but the file name {os.path.basename(path)!r} "
+                     f"says {named['time_steps']}x{named['spike_max']} (D = "
+                     f"{named['spike_max']}); a checkpoint trained at one D gives wrong outputs "
+                     f"at another.")
+  d = spike_max if spike_max is not None else named.get("spike_max")
+  if d is not None:
+    opts["spike_max"] = int(d)
+  if named.get("time_steps", 1) != 1:
+    opts["time_steps"] = named["time_steps"]
+  sizes = {k: v for k, v in (("--img-size", image_size),
+                             ("its saved args (input_size)", saved_args.get("input_size")),
+                             ("its file name", named.get("image_size"))) if v is not None}
+  if len(set(map(int, sizes.values()))) > 1:
+    raise ValueError(f"{path}: conflicting image sizes: " +
+                     ", ".join(f"{k} {v}" for k, v in sizes.items()) + ".")
+  return opts, (int(next(iter(sizes.values()))) if sizes else None)
 
 
 def main(argv=None) -> int:
@@ -238,22 +329,51 @@ def main(argv=None) -> int:
   p.add_argument("--model", required=True, help="spikejax model name (or official name)")
   p.add_argument("--num-classes", type=int, default=None,
                  help="classes of the head (default: read from head.weight)")
+  p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=None,
+                 help="LARGE models: the distillation head head_kd (default: whether the file "
+                      "holds head_kd.* keys; a contradiction is an error)")
+  p.add_argument("--spike-max", type=int, default=None,
+                 help="D, the integer ceiling the model was trained with (1x8 releases: 8); "
+                      "default: from the file name's TxD, else the model's (4)")
+  p.add_argument("--img-size", type=int, default=None,
+                 help="input resolution it was finetuned at (384 for *_384 releases), recorded "
+                      "in model.json; default: its saved args (input_size) or file name")
   p.add_argument("--out", required=True, help="output directory (must not exist yet)")
   args = p.parse_args(argv)
 
   from spikejax.models import create_model, get_variant
   from spikejax.train import checkpoints
 
+  if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+    raise FileExistsError(f"--out {args.out} exists and is not empty; choose a new --out "
+                          f"directory (nothing was overwritten).")
   variant = get_variant(args.model)
-  sd = read_checkpoint_file(args.checkpoint)
+  sd, saved = read_official(args.checkpoint)
+  opts, image_size = resolve_options(sd, saved, args.checkpoint, family=variant.family,
+                                     kd=args.kd, spike_max=args.spike_max,
+                                     image_size=args.img_size)
   n_cls = args.num_classes or infer_num_classes(sd) or 1000
-  model = create_model(variant.name, num_classes=n_cls, rngs=nnx.Rngs(0))
+  model = create_model(variant.name, num_classes=n_cls, rngs=nnx.Rngs(0), **opts)
   load_official_state_dict(model, sd)
   checkpoints.save_model(args.out, model, model_name=variant.name,
-                         model_kwargs={"num_classes": n_cls})
-  print(f"wrote {variant.name} ({n_cls} classes) to {os.path.abspath(args.out)}")
+                         model_kwargs={"num_classes": n_cls, **opts},
+                         extra={"source": os.path.abspath(args.checkpoint),
+                                **({"image_size": image_size} if image_size else {})})
+  shown = ", ".join([f"{n_cls} classes"] + [f"{k}={v}" for k, v in opts.items()] +
+                    ([f"{image_size} px"] if image_size else []))
+  print(f"wrote {variant.name} ({shown}) to {os.path.abspath(args.out)}")
   return 0
 
 
+def cli(argv=None) -> int:
+  """``main`` for the command line: bad input (a missing or unreadable file, an unknown model,
+  keys or shapes that do not match, an ``--out`` in use) is one line on stderr and exit 2."""
+  try:
+    return main(argv)
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli())

@@ -39,32 +39,43 @@ import pathlib
 import numpy as np
 import pytest
 
+# With most optimizations off, XLA:CPU also emits its fused loops with its older elemental
+# emitters, which compile faster: ``sharded_step.run(8, 1, steps=1)`` took 35.7 s against
+# 42.2 s (cold, no compile cache, tcmalloc). Set through XLA_FLAGS, so the subprocesses the tests
+# start (the main job, bench, notebook kernels, multi-process runs) get it too; tests that write
+# their own XLA_FLAGS add ``SPIKEJAX_TEST_COMPILE_FLAGS``. ``production_compiler`` gives every
+# compilation inside it XLA's defaults again (``_default_emitters_with_full_optimizations``).
+FAST_COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 
 
-def _legacy_cpu_emitters_while_optimizations_are_off():
-  """With most optimizations off (above), XLA:CPU also emits its fused loops with the older
-  elemental emitters, which compile faster: ``sharded_step.run(8, 1, steps=1)`` took 35.7 s
-  against 42.2 s (cold, no compile cache; tcmalloc). Done per compilation through JAX's
-  compile options, so ``production_compiler`` still gets XLA's defaults, fusion emitters
-  included. JAX has no public hook for this; if its private ``get_compile_options`` is gone
-  the suite runs as is, only slower."""
-  import jax
+def _default_emitters_with_full_optimizations() -> bool:
+  """Per compilation, through JAX's compile options (which override XLA_FLAGS): fusion
+  emitters whenever ``jax_disable_most_optimizations`` is off. False if JAX's private
+  ``get_compile_options`` is gone (then the flag is not set at all)."""
   from jax._src import compiler
   original = getattr(compiler, "get_compile_options", None)
-  if original is None or getattr(original, "_spikejax_tests", False):
-    return
+  if original is None:
+    return False
+  if getattr(original, "_spikejax_tests", False):
+    return True
 
   def get_compile_options(*args, env_options_overrides=None, **kwargs):
-    if jax.config.values["jax_disable_most_optimizations"]:
-      env_options_overrides = {"xla_cpu_use_fusion_emitters": False,
+    import jax
+    if not jax.config.values["jax_disable_most_optimizations"]:
+      env_options_overrides = {"xla_cpu_use_fusion_emitters": True,
                                **(env_options_overrides or {})}
     return original(*args, env_options_overrides=env_options_overrides, **kwargs)
 
   get_compile_options._spikejax_tests = True
   compiler.get_compile_options = get_compile_options
+  return True
 
 
-_legacy_cpu_emitters_while_optimizations_are_off()
+if (os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] not in ("0", "false", "False")
+    and _default_emitters_with_full_optimizations()):   # no backend is started yet
+  os.environ.setdefault("SPIKEJAX_TEST_COMPILE_FLAGS", FAST_COMPILE_FLAGS)
+  if FAST_COMPILE_FLAGS not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + FAST_COMPILE_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN_DIR = pathlib.Path(os.environ.get("SPIKEJAX_GOLDEN", REPO.parent / "shared" / "golden"))

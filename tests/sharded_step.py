@@ -91,7 +91,8 @@ def _gather(arrays: dict, mesh) -> dict:
 
 if __name__ == "__main__":
   coord, nproc, pid, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  os.environ["XLA_FLAGS"] = (os.environ.get("SPIKEJAX_TEST_COMPILE_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=2")
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   jax.distributed.initialize(coord, nproc, pid)

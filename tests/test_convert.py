@@ -148,3 +148,79 @@ def test_pth_reading(tmp_path, t_state_dict):
   sd = convert.read_checkpoint_file(str(path))
   model = create_model("espikeformer_t", num_classes=10)
   convert.load_official_state_dict(model, sd)
+
+
+# --- options a released file states (issue: official weights) ------------------------------
+
+@pytest.mark.parametrize("name,want", [
+    ("83M_1x4.pth", {"time_steps": 1, "spike_max": 4}),
+    ("171M_1x8_384.pth", {"time_steps": 1, "spike_max": 8, "image_size": 384}),
+    ("/x/y/83M_1x8.npz", {"time_steps": 1, "spike_max": 8}),
+    ("espikeformer_t_res64_seed0.npz", {}),
+    ("10M.pth", {}),
+])
+def test_release_file_names(name, want):
+  assert convert.options_from_file_name(name) == want
+
+
+def test_resolve_options_reads_the_file_and_refuses_contradictions():
+  with_kd = {"head.weight": 0, "head_kd.weight": 0}
+  no_kd = {"head.weight": 0}
+  r = convert.resolve_options
+  assert r(with_kd, {}, "83M_1x8_384.pth", family="spikformer") == \
+      ({"kd": True, "spike_max": 8}, 384)
+  assert r(no_kd, {"input_size": 224}, "171M.pth", family="spikformer") == ({"kd": False}, 224)
+  assert r(no_kd, {}, "t.npz", family="espikeformer", spike_max=8) == ({"spike_max": 8}, None)
+  with pytest.raises(ValueError, match="--kd but 171M.pth has no head_kd.* keys.*--no-kd"):
+    r(no_kd, {}, "171M.pth", family="spikformer", kd=True)
+  with pytest.raises(ValueError, match="--no-kd but .* holds a distillation head"):
+    r(with_kd, {}, "x.pth", family="spikformer", kd=False)
+  with pytest.raises(ValueError, match="saved args say kd=True but its keys lack head_kd"):
+    r(no_kd, {"kd": True}, "x.pth", family="spikformer")
+  with pytest.raises(ValueError, match="--spike-max 4 but the file name '83M_1x8.pth' says 1x8"):
+    r(with_kd, {}, "83M_1x8.pth", family="spikformer", spike_max=4)
+  with pytest.raises(ValueError, match="conflicting image sizes: --img-size 224, its saved "
+                                       "args .input_size. 384, its file name 384"):
+    r(with_kd, {"input_size": 384}, "83M_1x8_384.pth", family="spikformer", image_size=224)
+  with pytest.raises(ValueError, match="espikeformer model has no distillation head"):
+    r(with_kd, {}, "x.pth", family="espikeformer")
+
+
+def test_cli_takes_d_from_the_release_name_and_records_it(tmp_path, t_state_dict):
+  npz = tmp_path / "t_1x8.npz"
+  np.savez(npz, **t_state_dict)
+  out = tmp_path / "ckpt"
+  assert convert.main([str(npz), "--model", "espikeformer_t", "--out", str(out)]) == 0
+  meta = checkpoints.read_model_meta(str(out))
+  assert meta["kwargs"] == {"num_classes": 10, "spike_max": 8}
+  assert meta["source"] == str(npz)
+  assert checkpoints.load_model(str(out)).spike.spike_max == 8
+  assert convert.cli([str(npz), "--model", "espikeformer_t", "--spike-max", "4", "--out",
+                      str(tmp_path / "other")]) == 2
+  assert not (tmp_path / "other").exists()
+
+
+def test_official_save_model_dict_reads_safely(tmp_path, t_state_dict):
+  """The official ``save_model`` writes ``{"model", "optimizer", "epoch", "scaler", "args"}``,
+  ``args`` an ``argparse.Namespace``: read with ``weights_only=True`` plus that one class."""
+  torch = pytest.importorskip("torch", reason="reading .pth needs the optional torch extra")
+  import argparse
+  path = tmp_path / "checkpoint-299.pth"
+  torch.save({"model": {k: torch.from_numpy(np.asarray(v)) for k, v in t_state_dict.items()},
+              "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]}, "epoch": 299,
+              "scaler": {"scale": 65536.0},
+              "args": argparse.Namespace(model="Efficient_Spiking_Transformer_t", kd=False,
+                                         input_size=224)}, path)
+  sd, saved = convert.read_official(str(path))
+  assert saved["input_size"] == 224 and "head.weight" in sd and "epoch" not in sd
+  out = tmp_path / "ckpt"
+  assert convert.main([str(path), "--model", "espikeformer_t", "--out", str(out)]) == 0
+  assert checkpoints.read_model_meta(str(out))["image_size"] == 224
+
+  class Evil:
+    def __reduce__(self):
+      return (print, ("unpickled!",))
+
+  torch.save({"model": {}, "args": Evil()}, tmp_path / "evil.pth")
+  with pytest.raises(ValueError, match="cannot be read as a PyTorch checkpoint"):
+    convert.read_official(str(tmp_path / "evil.pth"))

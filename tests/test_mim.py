@@ -278,7 +278,8 @@ def test_multihost_pretraining_checkpoint_then_single_process_resume(tmp_path):
 
   def env(devices):
     e = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=os.environ.get("SPIKEJAX_TEST_COMPILE_FLAGS", "") +
+             f" --xla_force_host_platform_device_count={devices}")
     return e
 
   procs = [subprocess.Popen(base + ["--config.stop_after_steps=2",

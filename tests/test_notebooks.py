@@ -42,7 +42,7 @@ def test_notebook_executes(name, cache, monkeypatch):
   monkeypatch.delenv("SPIKEJAX_CHECKPOINT_VANILLA", raising=False)
   monkeypatch.setenv("MPLBACKEND", "Agg")
   # one CPU device in the kernel (the suite's 8 fake devices are for sharding tests)
-  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("SPIKEJAX_TEST_COMPILE_FLAGS", ""))
   nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
   client = NotebookClient(nb, timeout=900, kernel_name="python3",
                           resources={"metadata": {"path": str(ROOT)}})

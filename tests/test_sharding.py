@@ -73,7 +73,7 @@ def test_two_processes_on_loopback_equal_single_process(tmp_path, single_device)
   coord = f"127.0.0.1:{_free_port()}"
   out = tmp_path / "mp.npz"
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]))
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = os.environ.get("SPIKEJAX_TEST_COMPILE_FLAGS", "")   # set by the script
   procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "sharded_step.py"), coord, "2",
                              str(i), str(out)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]

@@ -247,7 +247,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
          "--config.checkpoint_every_steps=100000", "--config.num_epochs=100.0"]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = os.environ.get("SPIKEJAX_TEST_COMPILE_FLAGS", "")   # one device
   proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   metrics = wd / "metrics.jsonl"
@@ -326,7 +326,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=os.environ.get("SPIKEJAX_TEST_COMPILE_FLAGS", "") +
+             " --xla_force_host_platform_device_count=1")
   cmd = [sys.executable, "-m", "spikejax.main", "--config=configs/fashion_mnist.py:base,runlocal",
          f"--workdir={wd}", "--config.max_train_steps=100000", "--config.progress_bar=False",
          "--config.checkpoint_every_steps=100000", "--config.num_epochs=100.0",

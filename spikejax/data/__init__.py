@@ -76,6 +76,7 @@ the 60000 training images).
 from spikejax.data import augment, sources, transforms
 from spikejax.data.augment import AugmentConfig
 from spikejax.data.batching import Dataset
+from spikejax.data.errors import DataError, MissingDataError
 from spikejax.data.event_pipeline import EventDataset, FrameConfig, model_input
 from spikejax.data.fashion_mnist import prepare_fashion_mnist
 from spikejax.data.images import ImageDataset, load_split_arrays
@@ -100,6 +101,8 @@ __all__ = [
     "load_split_arrays",
     "model_input",
     "prepare_fashion_mnist",
+    "DataError",
+    "MissingDataError",
     "register",
     "sources",
     "transforms",

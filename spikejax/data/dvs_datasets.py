@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from spikejax.data import transforms
+from spikejax.data.errors import MissingDataError
 from spikejax.data.event_datasets import as_feature, event_features
 
 CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -83,7 +84,7 @@ def _manual_dir(dl_manager, dataset: str, expected: str) -> pathlib.Path:
   path = pathlib.Path(os.fspath(path))
   if not path.is_dir() or not any(path.iterdir()):
     state = "is empty" if path.is_dir() else "does not exist"
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"{dataset}: the manual directory {path} {state}. Expected {expected}. Download the data "
         f"by hand and pass its directory with "
         f"download_config=tfds.download.DownloadConfig(manual_dir=...).")
@@ -157,12 +158,12 @@ def cifar10_dvs_files(manual_dir: str | os.PathLike) -> dict[str, list[pathlib.P
   for name in CIFAR10_DVS_CLASSES:
     folder = root / name
     if not folder.is_dir():
-      raise FileNotFoundError(
+      raise MissingDataError(
           f"cifar10_dvs: class folder {folder} does not exist. Expected {_CIFAR10_DVS_LAYOUT} "
           f"(extract {name}.zip of the release into {root}).")
     found = [p for p in folder.iterdir() if p.suffix.lower() == ".aedat" and p.is_file()]
     if not found:
-      raise FileNotFoundError(f"cifar10_dvs: class folder {folder} holds no .aedat file. "
+      raise MissingDataError(f"cifar10_dvs: class folder {folder} holds no .aedat file. "
                               f"Expected {_CIFAR10_DVS_LAYOUT}.")
     files[name] = sorted(found, key=lambda p: natural_sort_key(p.name))
   return files
@@ -357,7 +358,7 @@ class HarDvs(tfds.core.GeneratorBasedBuilder):
       if not path.is_file():
         if split == "validation":
           continue
-        raise FileNotFoundError(f"har_dvs: the sample list {path} does not exist. Expected "
+        raise MissingDataError(f"har_dvs: the sample list {path} does not exist. Expected "
                                 f"{_HARDVS_LAYOUT}.")
       entries = []
       missing = []
@@ -367,7 +368,7 @@ class HarDvs(tfds.core.GeneratorBasedBuilder):
           missing.append(video)
         entries.append((video, label, folder))
       if missing:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"har_dvs: {len(missing)} video folder(s) of {path} are missing, e.g. "
             f"{missing[:3]} (looked up as {root / 'rawframes'}/<path> and {root}/<path>). "
             f"Expected {_HARDVS_LAYOUT}.")

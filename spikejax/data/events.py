@@ -53,6 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spikejax.data.errors import DataError
+
 #: One AEDAT 4 event struct: ``int64 t; int16 x; int16 y; bool on`` + 3 bytes of padding.
 AEDAT4_EVENT_DTYPE = np.dtype({"names": ["t", "x", "y", "on"],
                                "formats": ["<i8", "<i2", "<i2", "u1"],
@@ -519,14 +521,14 @@ def read_aedat2(path: str | os.PathLike, sensor: str = "dvs128") -> EventStream:
   while data[pos:pos + 1] == b"#":
     nl = data.find(b"\n", pos)
     if nl < 0:
-      raise ValueError(f"{path}: AEDAT 2.0 header line at byte {pos} has no end of line "
+      raise DataError(f"{path}: AEDAT 2.0 header line at byte {pos} has no end of line "
                        "(truncated file?)")
     line, pos = data[pos:nl].strip(), nl + 1
     if line.lower() == b"#end of ascii header":
       break
   body = len(data) - pos
   if body % 8:
-    raise ValueError(f"{path}: AEDAT 2.0 data from byte {pos} has {body} bytes, not a multiple "
+    raise DataError(f"{path}: AEDAT 2.0 data from byte {pos} has {body} bytes, not a multiple "
                      f"of the 8-byte record; the last {body % 8} bytes (at byte "
                      f"{len(data) - body % 8}) are a truncated record")
   rec = np.frombuffer(data, ">u4", offset=pos).reshape(-1, 2)
@@ -575,7 +577,7 @@ def read_events(path: str | os.PathLike, *, sensor_size: Sequence[int] | None = 
   if head.startswith(b"#!AER-DAT4"):
     return read_aedat4(path)
   if head.startswith(b"#!AER-DAT3"):
-    raise ValueError(f"{path}: AEDAT 3.x is not supported; convert it to AEDAT 4 (e.g. with "
+    raise DataError(f"{path}: AEDAT 3.x is not supported; convert it to AEDAT 4 (e.g. with "
                      "iniVation's dv tools) or to .npz")
   if head.startswith(b"#"):
     return read_aedat2(path)
@@ -584,7 +586,7 @@ def read_events(path: str | os.PathLike, *, sensor_size: Sequence[int] | None = 
     with np.load(path) as z:
       missing = [k for k in "txyp" if k not in z.files]
       if missing:
-        raise ValueError(f"{path}: .npz lacks array(s) {missing}; it has {z.files}")
+        raise DataError(f"{path}: .npz lacks array(s) {missing}; it has {z.files}")
       if sensor_size is None:
         for key in ("sensor_size", "sensor"):
           if key in z.files:
@@ -592,7 +594,7 @@ def read_events(path: str | os.PathLike, *, sensor_size: Sequence[int] | None = 
       return EventStream.from_arrays(z["t"], z["x"], z["y"], z["p"], sensor_size=sensor_size)
   if suffix == ".npy":
     return EventStream.from_arrays(np.load(path), sensor_size=sensor_size)
-  raise ValueError(f"{path}: unknown event file format (first bytes {head!r}); expected an "
+  raise DataError(f"{path}: unknown event file format (first bytes {head!r}); expected an "
                    "AEDAT 4 / 2.0 file, .npz with t, x, y, p, or a structured .npy")
 
 

@@ -39,6 +39,8 @@ from typing import Mapping
 
 import numpy as np
 
+from spikejax.data.errors import DataError, MissingDataError
+
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = f"apt-get update && apt-get install -y {DEBIAN_PACKAGE}"
@@ -74,7 +76,7 @@ def source_dir_or_raise(source_dir: str | os.PathLike | None = None) -> str:
   source_dir = os.fspath(source_dir or os.environ.get("FASHION_MNIST_DIR") or DEBIAN_DIR)
   missing = [f for f in FILE_NAMES if not os.path.isfile(os.path.join(source_dir, f))]
   if missing:
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"Fashion-MNIST source files missing in {source_dir}: {', '.join(missing)}.\n"
         f"Install them (Debian/Ubuntu, as root) with:\n    {INSTALL_HINT}\n"
         f"which puts {', '.join(FILE_NAMES)} into {DEBIAN_DIR}; or pass source_dir= / set "
@@ -82,17 +84,29 @@ def source_dir_or_raise(source_dir: str | os.PathLike | None = None) -> str:
   return source_dir
 
 
+def _read_archive(path: str, chunk_size: int | None = None):
+  """The decompressed bytes of one ``.gz`` archive (an iterator of chunks when
+  ``chunk_size`` is given); ``DataError`` naming the file if it is not a whole gzip file."""
+  try:
+    with gzip.open(path, "rb") as f:
+      if chunk_size is None:
+        return f.read()
+      return list(iter(lambda: f.read(chunk_size), b""))
+  except (OSError, EOFError) as e:   # gzip.BadGzipFile is an OSError; a cut file, EOFError
+    raise DataError(f"{path} is not a readable gzip archive ({type(e).__name__}: {e}); "
+                    f"reinstall the Fashion-MNIST files with: {INSTALL_HINT}") from None
+
+
 def verify_source_files(source_dir: str) -> None:
   """Check that the decompressed archives are exactly the Fashion-MNIST idx files."""
   for name, (size, digest) in _IDX_SHA256.items():
     h = hashlib.sha256()
     n = 0
-    with gzip.open(os.path.join(source_dir, name), "rb") as f:
-      while chunk := f.read(1 << 22):
-        h.update(chunk)
-        n += len(chunk)
+    for chunk in _read_archive(os.path.join(source_dir, name), 1 << 22):
+      h.update(chunk)
+      n += len(chunk)
     if n != size or h.hexdigest() != digest:
-      raise ValueError(
+      raise DataError(
           f"{os.path.join(source_dir, name)} does not decompress to the Fashion-MNIST idx file "
           f"(got {n} bytes, sha256 {h.hexdigest()}; expected {size} bytes, sha256 {digest}). "
           f"Is it MNIST or a corrupted file? Reinstall with: {INSTALL_HINT}")
@@ -153,7 +167,9 @@ def prepare_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
   process 0, or before launching) and let the others read.
 
   Raises:
-    FileNotFoundError: the archives are missing; the message says how to install them.
+    MissingDataError (a FileNotFoundError): the archives are missing; the message says how to
+      install them.
+    DataError: an archive is not a readable gzip file, or not the Fashion-MNIST idx data.
     ImportError: TensorFlow is not installed (needed to build, not to read).
   """
   import tensorflow_datasets as tfds
@@ -195,8 +211,7 @@ def read_idx_arrays(source_dir: str | os.PathLike | None = None,
   """
   source_dir = source_dir_or_raise(source_dir)
   prefix = {"train": "train", "test": "t10k"}[split]
-  with gzip.open(os.path.join(source_dir, f"{prefix}-images-idx3-ubyte.gz"), "rb") as f:
-    images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-  with gzip.open(os.path.join(source_dir, f"{prefix}-labels-idx1-ubyte.gz"), "rb") as f:
-    labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int32)
-  return images, labels
+  images = _read_archive(os.path.join(source_dir, f"{prefix}-images-idx3-ubyte.gz"))
+  labels = _read_archive(os.path.join(source_dir, f"{prefix}-labels-idx1-ubyte.gz"))
+  images = np.frombuffer(images, np.uint8, offset=16).reshape(-1, 28, 28, 1)
+  return images, np.frombuffer(labels, np.uint8, offset=8).astype(np.int32)

@@ -83,6 +83,18 @@ def check(config) -> None:
   model_dtype(config)
 
 
+def total_stride(config) -> int | None:
+  """The product of the model's ``strides`` (its input-to-last-stage downsampling) for the
+  config's model and options, or None for a family built without a ``strides`` field."""
+  import math
+  v = get_variant(_get(config, "model_name"))
+  config_cls = getattr(v.build, "config_cls", None)
+  defaults = {f.name: f.default for f in dataclasses.fields(config_cls)} if config_cls else {}
+  strides = _plain(_get(config, "model")).get("strides", v.config.get("strides",
+                                                                      defaults.get("strides")))
+  return None if strides is None or strides is dataclasses.MISSING else math.prod(strides)
+
+
 def family(config) -> str:
   """The registered family of ``config.model_name`` (``ConfigError`` if unknown)."""
   try:

@@ -51,6 +51,7 @@ def _builder(model_cls, config_cls, label: str) -> Callable[..., nnx.Module]:
                         f"{sorted(_SPIKE_FIELDS)}.")
     kw = {} if param_dtype is None else {"param_dtype": param_dtype}
     return model_cls(config_cls(**cfg), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
+  build.config_cls = config_cls     # read by from_config.total_stride
   return build
 
 

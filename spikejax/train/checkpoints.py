@@ -28,8 +28,11 @@ def _model_vars(model):
   return nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
 
 
-def save_model(directory: str, model, *, model_name: str, model_kwargs: dict[str, Any]) -> str:
-  """Writes ``model``'s parameters and BN statistics to a new directory ``directory``."""
+def save_model(directory: str, model, *, model_name: str, model_kwargs: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> str:
+  """Writes ``model``'s parameters and BN statistics to a new directory ``directory``;
+  ``model.json`` records how to rebuild it (``model_kwargs``) and ``extra`` facts about it
+  (e.g. the converted file and its input resolution)."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory):
     raise FileExistsError(f"{directory} exists and is not empty; choose a new --out directory "
@@ -39,7 +42,7 @@ def save_model(directory: str, model, *, model_name: str, model_kwargs: dict[str
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, STATE_DIR), pure)
     ckptr.wait_until_finished()
-  meta = {"model": model_name, "kwargs": _jsonable(model_kwargs)}
+  meta = {"model": model_name, "kwargs": _jsonable(model_kwargs), **_jsonable(extra or {})}
   with open(os.path.join(directory, MODEL_JSON), "w") as f:
     json.dump(meta, f, indent=2)
   return directory

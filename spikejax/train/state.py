@@ -91,10 +91,32 @@ def validate(config, num_devices: int) -> None:
   if init_from and not os.path.exists(init_from):
     raise ConfigError(f"init_from={init_from!r} does not exist: give the workdir of a "
                       f"pretraining run (or a model directory from spikejax.convert).")
+  stride = from_config.total_stride(config)
+  size = config.get("image_size")
+  spec = _dataset_spec(config.get("dataset"))
+  if (spec is not None and spec.kind == "image" and spec.fit == "pad" and size is not None
+      and size < spec.input_shape[0]):
+    raise ConfigError(f"image_size={size} is smaller than {spec.name}'s {spec.input_shape[0]} "
+                      f"px images, which this data set zero-pads to image_size (fit='pad') "
+                      f"and never shrinks; use image_size >= {spec.input_shape[0]}.")
+  if stride and size is not None and size < stride:
+    raise ConfigError(f"image_size={size} is smaller than {config.model_name}'s total stride "
+                      f"{stride} (the product of its strides): its last stage would have no "
+                      f"pixels; use image_size >= {stride} or smaller model.strides.")
   family = from_config.family(config)
   tasks_lib.check_model(task, config, family)
   task.validate(config, family)
   evaluators_lib.from_config(config, task, num_devices)
+
+
+def _dataset_spec(name):
+  """The registered ``DatasetSpec`` of ``name``, or None (unknown names are the data
+  layer's error, raised with the list of registered sets when the data is built)."""
+  from spikejax.data import registry
+  try:
+    return registry.get_spec(name) if name else None
+  except (KeyError, ValueError):
+    return None
 
 
 def schedule_steps(config, steps_per_epoch: int) -> int:

@@ -229,6 +229,20 @@ def run_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema, *, ste
   return row, scalars, histograms, files, main_metrics
 
 
+def _check_writable(workdir: str) -> None:
+  """Creates ``workdir`` and proves it writable (a probe file, removed), else ``ConfigError``:
+  a read-only workdir fails here, not at the first checkpoint after compiling."""
+  probe = os.path.join(workdir, f".spikejax-write-test-{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir} is not writable ({e.strerror or e}); pass a "
+                      f"directory you can write to.") from None
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the job described by ``config`` in ``workdir``; returns a summary."""
   from spikejax import data as data_lib
@@ -243,7 +257,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory.")
   check_resume_config(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  _check_writable(workdir)
   is_main = jax.process_index() == 0
   if is_main:
     _write_config(config, workdir)
