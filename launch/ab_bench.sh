@@ -8,16 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REV=${1:?give the earlier revision, e.g. 20afcb0}
 ROUNDS=${2:-3}
-PY=${PYTHON:-.venv/bin/python}
-PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")   # absolute; a venv link stays a link
-OLD=$(mktemp -d)
-trap 'git worktree remove --force "$OLD" >/dev/null 2>&1 || rm -rf "$OLD"' EXIT
-git worktree add --detach -q "$OLD" "$REV"
-NEW=$(pwd)
-CASES=("--model espikeformer_s --resolution 224 --batch 8 --train"
-       "--model espikeformer_s --resolution 224 --batch 8"
-       "--model espikeformer_t --resolution 32 --batch 64 --num-classes 10 --train"
-       "--model espikeformer_t --resolution 32 --batch 64 --num-classes 10")
+. launch/ab_common.sh
 if [ -n "${AB_ONLY:-}" ]; then   # e.g. AB_ONLY=espikeformer_t: only the cases naming it
   KEEP=(); for c in "${CASES[@]}"; do [[ "$c" == *"$AB_ONLY"* ]] && KEEP+=("$c"); done
   CASES=("${KEEP[@]}")

@@ -8,17 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REV=${1:?give the earlier revision, e.g. 20afcb0}
-PY=${PYTHON:-.venv/bin/python}
-PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
-OLD=$(mktemp -d)
+. launch/ab_common.sh
 IR=$(mktemp -d)
-trap 'git worktree remove --force "$OLD" >/dev/null 2>&1 || rm -rf "$OLD"' EXIT
-git worktree add --detach -q "$OLD" "$REV"
-NEW=$(pwd)
-CASES=("--model espikeformer_s --resolution 224 --batch 8 --train"
-       "--model espikeformer_s --resolution 224 --batch 8"
-       "--model espikeformer_t --resolution 32 --batch 64 --num-classes 10 --train"
-       "--model espikeformer_t --resolution 32 --batch 64 --num-classes 10")
 i=0
 for c in "${CASES[@]}"; do
   for side in old new; do
