@@ -162,6 +162,10 @@ def trainer_defaults(**overrides: Any) -> ml_collections.ConfigDict:
       max_train_steps=placeholder(int),  # cut the run (and the schedule) to this many steps
       stop_after_steps=placeholder(int),  # stop early, checkpointed, schedule unchanged
       time_limit_minutes=placeholder(float),  # stop (evaluate, save) past this wall time
+      # plan the run length (the whole schedule) to end inside this many minutes from the
+      # process start, from the step rate measured in the warm-up (spikejax/train/budget.py);
+      # 0 or None: num_epochs sets the length
+      time_budget_minutes=placeholder(float),
       # logging, evaluation, checkpoints
       log_every_steps=50,
       progress_bar=True,

@@ -49,7 +49,9 @@ def main(argv):
         timeout_s=FLAGS.peer_timeout_seconds,
         checkpoint_dir=os.path.join(os.path.abspath(FLAGS.workdir), "checkpoints")).start()
   try:
-    summary = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    from spikejax.train import budget
+    summary = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                         launched_at=budget.process_start_time())
   except trainer.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)

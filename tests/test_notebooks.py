@@ -17,6 +17,7 @@ from spikejax.data import fashion_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["spike_maps.ipynb", "energy.ipynb"]
+FIGURES = {"spike_maps.ipynb": 3, "energy.ipynb": 1}    # matplotlib figures each one draws
 
 
 def _have_data():
@@ -40,13 +41,21 @@ def test_notebook_executes(name, cache, monkeypatch):
   monkeypatch.setenv("SPIKEJAX_NOTEBOOK_CACHE", cache)
   monkeypatch.delenv("SPIKEJAX_CHECKPOINT_SFA", raising=False)
   monkeypatch.delenv("SPIKEJAX_CHECKPOINT_VANILLA", raising=False)
-  monkeypatch.setenv("MPLBACKEND", "Agg")
+  # the kernel's inline backend: figures become image/png outputs (what the test counts)
+  monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
   # one CPU device in the kernel (the suite's 8 fake devices are for sharding tests)
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("SPIKEJAX_TEST_COMPILE_FLAGS", ""))
   nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
   client = NotebookClient(nb, timeout=900, kernel_name="python3",
                           resources={"metadata": {"path": str(ROOT)}})
   client.execute()   # raises CellExecutionError naming the failing cell
-  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                    for o in c.get("outputs", []))
-  assert "SFA model:" in outputs
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "SFA model:" in text
+  # what they show: every figure rendered, and the Proposition 1 difference
+  figures = sum("image/png" in o.get("data", {}) for o in outputs)
+  assert figures == FIGURES[name], (name, figures)
+  if name == "spike_maps.ipynb":
+    import re
+    diff = float(re.search(r"logit difference (\S+)", text).group(1))
+    assert diff < 1e-9, diff       # float64: spike-driven == integer (half_up rounding)

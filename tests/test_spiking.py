@@ -193,3 +193,42 @@ def test_binary_surrogate_gradient_flows():
     assert float(sg(jnp.asarray(0.0))) > 0
   with pytest.raises(ValueError, match="surrogate"):
     spiking.get_surrogate("erf")
+
+
+# ----------------------------------------------------------------------- spike maps
+
+
+def test_spike_map_is_the_channel_and_time_averaged_firing_of_the_first_examples():
+  from flax import nnx
+  from spikejax.spiking import neurons, record
+  T, B, H, W, C, D = 2, 3, 4, 5, 6, 4
+  u = np.random.default_rng(1).uniform(-1, 5, (T * B, H, W, C)).astype(np.float32)
+
+  class Net(nnx.Module):
+    def __init__(self):
+      self.sn = neurons.SFANeuron(D, time_steps=T)
+      self.tokens = neurons.SFANeuron(D, time_steps=T)
+
+    def __call__(self, x):
+      return self.sn(x), self.tokens(x.reshape(T * B, H * W, C))   # (T*B, N, C): no map
+
+  net = Net()
+  with record.recording(net, maps=2):
+    (s, _), inter = nnx.capture(net, nnx.Intermediate)(jnp.asarray(u))
+  maps = record.sown_histograms(inter, "spike_map")
+  assert list(maps) == ["sn"] and net.sn.record_map == 0      # reset after the block
+  counts = np.asarray(s).reshape(T, B, H, W, C) * net.sn.norm    # the output is S / norm
+  np.testing.assert_allclose(np.asarray(maps["sn"]), counts[:, :2].mean(axis=(0, 4)) / D,
+                             rtol=1e-6)
+
+  images = np.random.default_rng(2).uniform(size=(2, 8, 10, 1))
+  layers = {"c": np.zeros((2, 2, 2)), "b": np.ones((2, 4, 5)), "a": np.full((2, 4, 5), 0.5)}
+  grid, shown = record.spike_map_grid(images, layers)
+  assert shown == ["a", "b", "c"] and grid.dtype == np.uint8     # finest first, then by name
+  assert grid.shape == (2 * 8 + 2, 4 * 10 + 3 * 2)
+  assert (grid[:8, 12:22] == 128).all() and (grid[:8, 24:34] == 255).all()
+  assert (grid[:8, 36:46] == 0).all() and (grid[8:10] == 0).all()  # gap rows are dark
+  assert grid[:8, :10].min() == 0 and grid[:8, :10].max() == 255  # the input, scaled
+  many = {f"l{i:02d}": np.zeros((2, 4, 4)) for i in range(20)}
+  assert record.spike_map_grid(images, many, max_layers=5)[1] == \
+      ["l00", "l05", "l10", "l14", "l19"]

@@ -236,8 +236,10 @@ def test_evals_config_errors():
   c.evals = {"a": {"type": "task", "every": 3}}
   with pytest.raises(trainer.ConfigError, match="unknown option"):
     evaluators.from_config(c, tasks.get_task("classify"))
-  # default: the task's evaluator, plus firing with firing_stats, in one pass
+  # default: the task's evaluator, plus firing and spike maps with firing_stats, in one pass
   c = _regress_config(firing_stats=True)
   (p,) = evaluators.from_config(c, tasks.get_task("classify"))
-  assert [type(e).__name__ for e in p.evaluators] == ["TaskEvaluator", "FiringEvaluator"]
+  assert [type(e).__name__ for e in p.evaluators] == ["TaskEvaluator", "FiringEvaluator",
+                                                       "SpikeMapEvaluator"]
+  assert p.firing and p.maps == 4
   assert p.firing and p.split == c.eval_split and p.batch_size == c.eval_batch_size

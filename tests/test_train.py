@@ -72,7 +72,7 @@ def test_fashion_mnist_recipes_build_the_measured_models(arg, name, params):
   c = fashion_mnist.get_config(arg)
   assert c.model_name == name and c.mode == "sfa"
   assert (c.spike.time_steps, c.spike.spike_max) == (1, 4)      # SFA T=1, D=4 (issue 3)
-  assert c.num_epochs > 0 and c.time_limit_minutes < 30
+  assert c.num_epochs > 0 and c.time_budget_minutes < 30
   trainer.validate(c, 4)   # eval batch 500: 1, 2, 4 devices
   model = nnx.eval_shape(lambda: create_model(c.model_name, num_classes=10, rngs=nnx.Rngs(0),
                                               **trainer.model_kwargs(c)))
@@ -121,6 +121,13 @@ def test_smoke_run_and_exact_resume(trained, tmp_path):
   (st, h), = tags["eval_firing/block4.0.mlp.fc1_spike"]
   assert st == 4 and len(h.histo.bucket) == 5 and h.histo.num > 0
   assert sum(t.startswith("eval_firing/") for t in tags) == 55
+  # a spike-map picture per evaluation: input, then a map per resolution, 4 examples
+  (st, pic), = tags["eval/spike_maps"]
+  with open(os.path.join(full, "spike_maps.json")) as f:
+    columns = json.load(f)["columns"]
+  assert columns[0] == "input" and len(columns) >= 3
+  assert st == 4 and pic.image.encoded_image_string[:4] == b"\x89PNG"
+  assert (pic.image.width, pic.image.height) == (len(columns) * 34 - 2, 4 * 34 - 2)
 
   # rerunning the finished job changes nothing and keeps its history
   again = trainer.train_and_evaluate(tiny_config(), full)

@@ -120,7 +120,9 @@ class Neuron(nnx.Module):
 
   Subclasses define ``fire(u)`` (the counts of one real timestep) and ``top`` (the largest
   count). With ``record=True`` the neuron sows ``spike_hist``, the ``(T, top + 1)`` histogram
-  of its counts per real timestep (``spikejax.spiking.record``).
+  of its counts per real timestep; with ``record_map=k`` a spatial neuron (``(T*B, H, W, C)``)
+  sows ``spike_map``, the ``(k, H, W)`` firing of its first ``k`` examples per position
+  (``spikejax.spiking.record``).
   """
 
   top: int = 1
@@ -133,6 +135,7 @@ class Neuron(nnx.Module):
     self.dynamics = dynamics
     self.config = spec
     self.record = False
+    self.record_map = 0
 
   def fire(self, u: Array) -> Array:
     raise NotImplementedError(f"{type(self).__name__} must define fire(u)")
@@ -169,10 +172,19 @@ class Neuron(nnx.Module):
     return jnp.stack([jnp.sum(st == k, axis=1) for k in range(self.top + 1)],
                      axis=1).astype(jnp.float32)
 
+  def spike_map(self, s: Array, k: int) -> Array:
+    """``(k, H, W)`` float32 in [0, 1]: the counts of the first ``k`` examples at each
+    position, averaged over channels and real timesteps, over ``top`` (the paper's
+    channel-averaged spike maps, Fig. 8, as firing rates)."""
+    st = s.reshape((self.time_steps, s.shape[0] // self.time_steps) + s.shape[1:])[:, :k]
+    return (st.astype(jnp.float32).mean(axis=(0, -1)) / self.top)
+
   def __call__(self, u: Array) -> Array:
     s = self.counts(u)
     if self.record:
       self.sow(nnx.Intermediate, "spike_hist", self.histogram(s))
+    if self.record_map and s.ndim == 4:
+      self.sow(nnx.Intermediate, "spike_map", self.spike_map(s, self.record_map))
     if self.norm == 1.0:
       return s
     return s / jnp.asarray(self.norm, s.dtype)

@@ -110,27 +110,63 @@ def spiking_layers(model: nnx.Module) -> list[tuple[str, Any]]:
 
 
 @contextlib.contextmanager
-def recording(model: nnx.Module, on: bool = True) -> Iterator[None]:
-  """Within the block every neuron of ``model`` sows its histogram (``record = on``)."""
+def recording(model: nnx.Module, on: bool = True, maps: int = 0) -> Iterator[None]:
+  """Within the block every neuron of ``model`` sows its histogram (``record = on``) and,
+  with ``maps=k``, every spatial neuron the spike map of the first ``k`` examples."""
   neurons = [m for _, m in spiking_layers(model)]
   for sn in neurons:
     sn.record = on
+    sn.record_map = int(maps)
   try:
     yield
   finally:
     for sn in neurons:
       sn.record = False
+      sn.record_map = 0
 
 
-def sown_histograms(intermediates) -> dict[str, jax.Array]:
-  """``{layer name: (T, top + 1) histogram}`` from ``nnx.capture(..., nnx.Intermediate)``."""
+def sown_histograms(intermediates, kind: str = "spike_hist") -> dict[str, jax.Array]:
+  """``{layer name: (T, top + 1) histogram}`` from ``nnx.capture(..., nnx.Intermediate)``;
+  ``kind="spike_map"``: ``{layer name: (k, H, W) spike map}`` instead."""
   hists = {}
   for path, var in nnx.to_flat_state(intermediates):
-    if path[-1] != "spike_hist":
+    if path[-1] != kind:
       continue
     v = var.get_value()
     hists[module_name(path[:-1])] = v[0] if isinstance(v, tuple) else v
   return hists
+
+
+def spike_map_grid(images: np.ndarray, maps: dict[str, np.ndarray], *, gap: int = 2,
+                   max_layers: int = 8) -> tuple[np.ndarray, list[str]]:
+  """One uint8 picture of spike maps: a row per example, the input first (scaled to 0..255),
+  then one map per spatial layer (nearest-upsampled to the input size; 0..255 = firing 0..1),
+  ``gap`` dark pixels between cells. Layers are ordered by resolution (finest first), then
+  name; of more than ``max_layers``, evenly spaced ones are shown (the first and the last
+  included). ``images``: ``(k, H, W, C)`` or event frames ``(k, T, H, W, C)`` (averaged over
+  T and C). Returns the picture and the layers shown, in column order."""
+  x = np.asarray(images, np.float32)
+  x = x.mean(axis=tuple(range(1, x.ndim - 3))) if x.ndim > 4 else x
+  x = x.mean(-1)
+  k, H, W = x.shape
+  lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+  cols = [(x - lo) / np.maximum(hi - lo, 1e-12)]
+  names = sorted(maps, key=lambda n: (-np.shape(maps[n])[1] * np.shape(maps[n])[2], n))
+  if len(names) > max_layers:
+    names = [names[i] for i in np.linspace(0, len(names) - 1, max_layers).round().astype(int)]
+  shown = names
+  for name in shown:
+    m = np.asarray(maps[name], np.float32)[:k]
+    rows = np.minimum(np.arange(H) * m.shape[1] // H, m.shape[1] - 1)
+    colx = np.minimum(np.arange(W) * m.shape[2] // W, m.shape[2] - 1)
+    cols.append(np.clip(m[:, rows][:, :, colx], 0.0, 1.0))
+  n = len(cols)
+  out = np.zeros((k * H + (k - 1) * gap, n * W + (n - 1) * gap), np.uint8)
+  for i in range(k):
+    for j, c in enumerate(cols):
+      out[i * (H + gap):i * (H + gap) + H, j * (W + gap):j * (W + gap) + W] = \
+          np.round(255 * c[i]).astype(np.uint8)
+  return out, shown
 
 
 # --------------------------------------------------------------------------- spike-driven runs

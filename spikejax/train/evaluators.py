@@ -7,12 +7,13 @@ or a list of options with a ``name``::
              "firing": {"type": "firing"},                  # per-layer firing -> firing.json
              "train_acc": {"type": "task", "split": "train[:2000]", "prefix": "train_eval"}}
 
-Options: ``type`` (a key of ``EVALUATORS``; default: the name), ``split`` (default
+Options: ``type`` (a key of ``EVALUATORS``: ``task``, ``firing``, ``spike_maps``; default: the
+name), ``split`` (default
 ``config.eval_split``), ``batch_size`` (``config.eval_batch_size``), ``max_steps``
 (``config.max_eval_steps``), ``prefix`` of the logged scalars (default ``eval``; history rows
 use the task's names under ``eval``, ``<prefix>_<metric>`` otherwise). Without ``config.evals``
 the evaluators are the task's own on ``config.eval_split`` plus, with
-``config.firing_stats``, the firing statistics (spec §7) of the same pass.
+``config.firing_stats``, the firing statistics (spec §7) and the spike maps of the same pass.
 
 Evaluators over the same data share one pass: the task's jitted eval step, with the spiking
 layers sowing their count histograms when an evaluator of the pass wants them. The first
@@ -46,11 +47,13 @@ class Result:
   row: dict[str, Any] = dataclasses.field(default_factory=dict)
   files: dict[str, Any] = dataclasses.field(default_factory=dict)
   histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)   # uint8 pictures
 
 
 class Evaluator:
   """Base class: turns one pass's task metrics (and firing histograms) into a ``Result``."""
   records_firing = False
+  map_examples = 0        # > 0: the pass records spike maps of this many examples
 
   def __init__(self, name: str, prefix: str, task):
     self.name, self.prefix, self.task = name, prefix, task
@@ -97,7 +100,27 @@ class FiringEvaluator(Evaluator):
     return out
 
 
-EVALUATORS: dict[str, type[Evaluator]] = {"task": TaskEvaluator, "firing": FiringEvaluator}
+class SpikeMapEvaluator(Evaluator):
+  """Spike maps of the first batch's first 4 examples (paper Fig. 8, as firing rates per
+  position): one picture, ``<prefix>/spike_maps``, with a row per example, the input, then up
+  to 8 spatial spiking layers, finest first (``record.spike_map_grid``); its columns are named
+  in ``spike_maps.json`` (``spike_maps_<prefix>.json``)."""
+  map_examples = 4
+
+  def result(self, metrics, firing, *, step, epoch):
+    out = Result()
+    maps = metrics.get("maps") or {}
+    if maps and metrics.get("map_inputs") is not None:
+      picture, shown = record.spike_map_grid(metrics["map_inputs"], maps)
+      out.images[f"{self.prefix}/spike_maps"] = picture
+      fname = "spike_maps.json" if self.prefix == "eval" else f"spike_maps_{self.prefix}.json"
+      out.files[fname] = {"step": step, "epoch": epoch, "columns": ["input", *shown],
+                          "rows": len(metrics["map_inputs"])}
+    return out
+
+
+EVALUATORS: dict[str, type[Evaluator]] = {"task": TaskEvaluator, "firing": FiringEvaluator,
+                                          "spike_maps": SpikeMapEvaluator}
 
 
 def register(type_name: str, cls: type[Evaluator]) -> type[Evaluator]:
@@ -118,6 +141,10 @@ class EvalPass:
   def firing(self) -> bool:
     return any(e.records_firing for e in self.evaluators)
 
+  @property
+  def maps(self) -> int:
+    return max((e.map_examples for e in self.evaluators), default=0)
+
 
 def _plain(node) -> dict[str, Any]:
   return node.to_dict() if hasattr(node, "to_dict") else dict(node)
@@ -129,6 +156,7 @@ def _entries(config) -> list[dict[str, Any]]:
     out = [{"name": "eval", "type": "task"}]
     if config.get("firing_stats"):
       out.append({"name": "firing", "type": "firing"})
+      out.append({"name": "spike_maps", "type": "spike_maps"})
     return out
   if hasattr(evals, "items"):
     return [{"name": name, **_plain(opts)} for name, opts in evals.items()]
@@ -187,7 +215,8 @@ def jit_eval_fn(fn: Callable) -> Callable:
   @nnx.jit
   def eval_step(model, batch, index):
     out, inter = nnx.capture(fn, nnx.Intermediate)(model, batch, index)
-    return {**out, "firing": record.sown_histograms(inter)}
+    return {**out, "firing": record.sown_histograms(inter),
+            "maps": record.sown_histograms(inter, "spike_map")}
 
   return eval_step
 
@@ -196,30 +225,39 @@ def eval_step_for(task, config) -> Callable:
   return jit_eval_fn(task.eval_fn(config))
 
 
-def evaluate(model, eval_step, ds, mesh, max_steps=None, *, task, firing: bool = False
-             ) -> dict[str, Any]:
+def evaluate(model, eval_step, ds, mesh, max_steps=None, *, task, firing: bool = False,
+             maps: int = 0) -> dict[str, Any]:
   """``task.aggregate`` of the eval step's sums over ``ds``; with ``firing``, also every
   spiking layer's histogram of counts per real timestep (sown inside the jitted step; one host
   transfer per batch) under ``firing``. Padding rows of the last eval batch are excluded from
-  the task's metrics (its eval step weighs them by ``mask``) but not from the histograms."""
+  the task's metrics (its eval step weighs them by ``mask``) but not from the histograms.
+  ``maps=k``: the first batch also records the spike maps of its first ``k`` examples
+  (``maps``: ``{layer: (k, H, W)}``, their inputs under ``map_inputs``)."""
   totals: dict[str, float] = {}
   hists: dict[str, np.ndarray] = {}
+  res_maps, map_inputs = {}, None
   model.eval()
   try:
-    with record.recording(model, firing):
-      for i, batch in enumerate(ds):
-        if max_steps is not None and i >= max_steps:
-          break
+    for i, batch in enumerate(ds):
+      if max_steps is not None and i >= max_steps:
+        break
+      k = min(maps, len(batch["image"])) if i == 0 else 0
+      with record.recording(model, firing, maps=k):
         out = jax.device_get(eval_step(model, sharding_lib.shard_batch(batch, mesh),
                                        jnp.asarray(i, jnp.int32)))
-        for k, v in out.items():
-          if k != "firing":
-            totals[k] = totals.get(k, 0.0) + float(v)
-        for k, v in out.get("firing", {}).items():
-          hists[k] = hists.get(k, 0) + np.asarray(v, np.float64)
+      for key, v in out.items():
+        if key not in ("firing", "maps"):
+          totals[key] = totals.get(key, 0.0) + float(v)
+      for key, v in out.get("firing", {}).items():
+        hists[key] = hists.get(key, 0) + np.asarray(v, np.float64)
+      if k:
+        res_maps = {key: np.asarray(v) for key, v in out.get("maps", {}).items()}
+        map_inputs = np.asarray(batch["image"][:k])
   finally:
     model.train()
   res = dict(task.aggregate(totals))
   if firing:
     res["firing"] = hists
+  if maps:
+    res["maps"], res["map_inputs"] = res_maps, map_inputs
   return res

@@ -134,6 +134,13 @@ class MetricWriter:
       self._tb.value_histograms(step, histograms)
       self._tb.flush()
 
+  def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    """uint8 pictures (``TensorBoardWriter.image``) to TensorBoard only."""
+    if self.enabled and self._tb is not None and images:
+      for tag, picture in images.items():
+        self._tb.image(step, tag, picture)
+      self._tb.flush()
+
   def close(self) -> None:
     if not self.enabled:
       return
@@ -192,6 +199,11 @@ class Progress:
     self._last = step
     self._bar.set_postfix(loss=f"{vals.get('loss', float('nan')):.4f}",
                           img_s=f"{vals.get('images_per_s', 0):.0f}")
+
+  def set_total(self, total: int) -> None:
+    if self._bar is not None:
+      self._bar.total = total
+      self._bar.refresh()
 
   def write(self, msg: str) -> None:
     if self._bar is not None:

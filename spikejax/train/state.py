@@ -22,6 +22,7 @@ from flax import nnx
 from spikejax.data.event_pipeline import model_input
 from spikejax.models import from_config
 from spikejax.models.from_config import ConfigError
+from spikejax.train import budget as budget_lib
 from spikejax.train import checkpoints as ckpt_lib
 from spikejax.train import evaluators as evaluators_lib
 from spikejax.train import optim
@@ -82,6 +83,10 @@ def validate(config, num_devices: int) -> None:
                       f"{oc.get('schedule')!r}.")
   if not config.num_epochs > 0:
     raise ConfigError(f"num_epochs must be > 0, got {config.num_epochs}.")
+  if config.get("time_budget_minutes") is not None:
+    why = budget_lib.check(config.time_budget_minutes, None, oc.get("schedule", SCHEDULES[0]))
+    if why:
+      raise ConfigError(why)
   frames = config.get("frames")
   if frames is not None and frames.get("time_steps", 4) != config.spike.time_steps:
     raise ConfigError(f"frames.time_steps={frames.get('time_steps', 4)} (frames per example) "
@@ -143,8 +148,15 @@ def build_optimizer(config, model, total_steps: int, steps_per_epoch: int):
   """``(nnx.Optimizer over the model's Params, lr schedule)`` from ``config.optimizer``:
   AdamW (weight decay on ndim > 1 tensors, or every tensor with ``decay_all``) or timm LAMB,
   with optional layer-wise lr decay (spec §4.3) and global-norm clipping."""
-  oc = config.optimizer
   schedule = make_schedule(config, total_steps, steps_per_epoch)
+  return nnx.Optimizer(model, make_tx(config, model, schedule), wrt=nnx.Param), schedule
+
+
+def make_tx(config, model, schedule: Callable):
+  """The optax transformation of ``config.optimizer`` over ``model``'s Params with the lr
+  ``schedule`` (``build_optimizer``; a budgeted run swaps it for its planned schedule, which
+  keeps the optimizer state's structure)."""
+  oc = config.optimizer
   # a constant rate goes in as a number (optax's plain scaling, no step counter)
   lr = float(oc.lr) if oc.get("schedule", SCHEDULES[0]) == "constant" else schedule
   params = nnx.state(model, nnx.Param)
@@ -167,7 +179,7 @@ def build_optimizer(config, model, total_steps: int, steps_per_epoch: int):
     tx = optim.lamb_timm(lr, weight_decay=oc.weight_decay,
                          weight_decay_mask=optim.weight_decay_mask, lr_scale=lr_scale,
                          max_grad_norm=oc.grad_clip_norm or 1.0)
-  return nnx.Optimizer(model, tx, wrt=nnx.Param), schedule
+  return tx
 
 
 @dataclasses.dataclass

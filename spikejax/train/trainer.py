@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from spikejax.models.from_config import ConfigError, model_kwargs  # noqa: F401  (public here)
+from spikejax.train import budget as budget_lib
 from spikejax.train import checkpoints as ckpt_lib
 from spikejax.train import evaluators as evaluators_lib
 from spikejax.train import metrics as metrics_lib
@@ -199,24 +200,24 @@ def _dataset(data_lib, config, split: str, batch_size: int, train: bool):
 
 
 def run_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema, *, step: int,
-                    epoch: float) -> tuple[dict[str, Any], dict[str, float], dict[str, Any],
-                                           dict[str, Any], dict[str, Any] | None]:
+                    epoch: float) -> tuple[dict[str, Any], evaluators_lib.Result,
+                                           dict[str, Any] | None]:
   """Every evaluator's pass over its data, then the main one on the EMA weights. Returns
-  ``(history row entries, scalars, histograms, JSON files, the main evaluator's metrics)``."""
+  ``(history row entries, the evaluators' merged Result (scalars, histograms, images, JSON
+  files), the main evaluator's metrics)``."""
   row: dict[str, Any] = {}
-  scalars: dict[str, float] = {}
-  histograms: dict[str, Any] = {}
-  files: dict[str, Any] = {}
+  merged = evaluators_lib.Result()
+  scalars = merged.scalars
   main_pass, main = evaluators_lib.main_evaluator(passes)
   main_metrics = None
   for p, ds in zip(passes, eval_sets):
-    res = evaluate(model, eval_step, ds, mesh, p.max_steps, task=task, firing=p.firing)
+    res = evaluate(model, eval_step, ds, mesh, p.max_steps, task=task, firing=p.firing,
+                   maps=p.maps)
     for e in p.evaluators:
       r = e.result(res, res.get("firing"), step=step, epoch=epoch)
       row.update(r.row)
-      scalars.update(r.scalars)
-      histograms.update(r.histograms)
-      files.update(r.files)
+      for field in ("scalars", "histograms", "images", "files"):
+        getattr(merged, field).update(getattr(r, field))
       if e is main:
         main_metrics = res
   if ema is not None and main is not None:  # the EMA weights are evaluated too (spec §6.3)
@@ -226,7 +227,7 @@ def run_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema, *, ste
     m = task.best_metric
     row[main.key(m + "_ema", task.row_name(m) + "_ema")] = res_ema[m]
     scalars[f"{main.prefix}/{m}_ema"] = res_ema[m]
-  return row, scalars, histograms, files, main_metrics
+  return row, merged, main_metrics
 
 
 def _check_writable(workdir: str) -> None:
@@ -243,12 +244,65 @@ def _check_writable(workdir: str) -> None:
                       f"directory you can write to.") from None
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the job described by ``config`` in ``workdir``; returns a summary."""
+def _time_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema) -> float:
+  """Seconds one evaluation (``run_evaluations``) takes, estimated for a budget: per pass, a
+  compiling call on up to 2 batches, then 2 timed batches scaled to the pass's length."""
+  def one(ds, max_steps, firing, maps):
+    n = len(ds) if max_steps is None else min(len(ds), max_steps)
+    k = min(2, n)
+    evaluate(model, eval_step, ds, mesh, k, task=task, firing=firing, maps=maps)
+    t = time.time()
+    evaluate(model, eval_step, ds, mesh, k, task=task, firing=firing, maps=maps)
+    return (time.time() - t) / max(k, 1) * n
+
+  total = sum(one(ds, p.max_steps, p.firing, p.maps) for p, ds in zip(passes, eval_sets))
+  main_pass, main = evaluators_lib.main_evaluator(passes)
+  if ema is not None and main is not None:
+    total += one(eval_sets[passes.index(main_pass)], main_pass.max_steps, False, 0)
+  return total
+
+
+class _RateMeter:
+  """The budget's measurements in the training loop (``spikejax.train.budget``): the first
+  step's time (compilation included) and the steady seconds per step over the second half of
+  the steps before ``decide_at``, each end waited for."""
+
+  def __init__(self, start_step: int, decide_at: int):
+    self.decide_at = decide_at
+    self.first = start_step + 1
+    self.window_start = max(self.first, decide_at // 2)
+    self.t0 = time.time()
+    self.t_first = self.t_window = None
+
+  def after(self, step: int, out) -> None:
+    if step == self.first or step == self.window_start or step == self.decide_at:
+      jax.block_until_ready(out)
+      now = time.time()
+      if step == self.first:
+        self.t_first = now
+      if step == self.window_start:
+        self.t_window = now
+
+  def result(self) -> tuple[float, float, int]:
+    """``(seconds per step, compile seconds, timed steps)`` at ``decide_at``."""
+    now = time.time()
+    n = self.decide_at - self.window_start
+    if n <= 0:    # resumed right before the decision: the first step's time is all there is
+      return now - self.t0, 0.0, 1
+    step_s = (now - self.t_window) / n
+    return step_s, max(self.t_first - self.t0 - step_s, 0.0), n
+
+
+def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
+                       ) -> dict[str, Any]:
+  """Runs (or resumes) the job described by ``config`` in ``workdir``; returns a summary.
+  ``launched_at``: the unix time a ``time_budget_minutes`` counts from (``spikejax.main``
+  passes the process's start; default: now)."""
   from spikejax import data as data_lib
   from spikejax.models import count_params
 
   t_start = time.time()
+  launched_at = t_start if launched_at is None else float(launched_at)
   num_devices = jax.device_count()
   validate(config, num_devices)
   task = tasks_lib.from_config(config)
@@ -271,6 +325,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   manager = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
                                        keep=config.keep_checkpoints)
   resuming = bool(manager.manager.all_steps())
+  plan = decide_at = None      # a time budget: the plan, or the step it will be made at
+  if config.get("time_budget_minutes"):     # 0 or None: num_epochs sets the run length
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    why = budget_lib.check(config.time_budget_minutes, warmup,
+                           config.optimizer.get("schedule", "cosine"))
+    if why:
+      raise ConfigError(why)
+    try:
+      plan = budget_lib.read(workdir) if resuming else None
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    if plan is not None:     # a resume keeps the plan it was trained to (exact)
+      total_steps = budget_lib.broadcast_total(plan.total_steps)
+    else:                    # until the decision the warm-up does not depend on the length
+      decide_at = budget_lib.measure_steps(warmup, config.get("max_train_steps"))
+      total_steps = max(total_steps, decide_at)
   init_values = None
   if config.get("init_from") and not resuming:  # read (and check) before building anything big
     init_values = ckpt_lib.read_model_values(config.init_from)
@@ -287,6 +357,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     step_args = task.step_args(config, mesh)
 
   start_step = manager.restore_latest(model, optimizer, ema)
+  if decide_at is not None and start_step >= decide_at:
+    raise ConfigError(f"{workdir} has checkpoints from step {start_step} but no "
+                      f"{budget_lib.PLAN_FILE}, the time budget's plan they were trained to "
+                      f"(decided at step {decide_at}): restore the file or use a new --workdir.")
   if is_main:   # rows logged past the restored step belong to lost work: set them aside once
     metrics_lib.supersede_rows(workdir, start_step)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
@@ -303,6 +377,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   history = _previous_history(workdir, start_step)   # a rerun keeps the evaluations so far
   stopped_by = None
   time_limit = config.get("time_limit_minutes")
+  deadline = None     # the budget's: set by the run that makes the plan
+  meter = _RateMeter(start_step, decide_at) if decide_at is not None else None
   t_seen, imgs_seen = time.time(), 0
   eval_s = 0.0        # wall time spent evaluating: ``train_min`` of a history row excludes it
   with _StopSignal() as stop:
@@ -312,6 +388,27 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       out = runner.step(sharding_lib.shard_batch(batch, mesh))
       step += 1
       imgs_seen += config.batch_size
+      if meter is not None:
+        meter.after(step, out)
+        if step == decide_at:
+          runner.sync()
+          step_s, compile_s, timed = meter.result()
+          eval_s = _time_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema)
+          step_s, eval_s, compile_s, elapsed = budget_lib.agree(
+              [step_s, eval_s, compile_s, time.time() - launched_at])
+          plan = budget_lib.make_plan(
+              config, launched_at=launched_at, elapsed_s=elapsed, decided_at=decide_at,
+              measured_steps=timed, step_s=step_s, eval_s=eval_s, compile_s=compile_s,
+              steps_per_epoch=steps_per_epoch)
+          total_steps, deadline, meter = plan.total_steps, plan.deadline, None
+          schedule = state_lib.make_schedule(config, total_steps, steps_per_epoch)
+          optimizer.tx = state_lib.make_tx(config, model, schedule)  # same state structure
+          runner = SplitTrainer(model, optimizer, step=task.train_step, step_args=step_args)
+          bar.set_total(total_steps)
+          if is_main:
+            budget_lib.write(plan, workdir)
+            log.info("%s", plan.describe())
+          t_seen, imgs_seen = time.time(), 0
       if ema is not None:
         runner.sync()
         ema.update(model)
@@ -330,7 +427,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         writer.write(step, {"train/" + k: v for k, v in vals.items()})
         bar.update(step, vals)
       end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-      over_time = bool(time_limit and (time.time() - t_start) > 60 * time_limit)
+      over_time = bool(time_limit and (time.time() - t_start) > 60 * time_limit
+                       or deadline and time.time() > deadline)
       if jax.process_count() == 1 or step % STOP_SYNC_STEPS == 0 or step == total_steps:
         decision = stop.agreed(local_stop=over_time)   # the same on every process
         over_time = decision == -1
@@ -338,7 +436,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       else:   # between agreement points a signal or time limit waits (at most 9 steps)
         over_time = signalled = False
       if over_time:
-        stopped_by = f"time limit {time_limit} min"
+        stopped_by = (f"time limit {time_limit} min" if time_limit and
+                      (time.time() - t_start) > 60 * time_limit else
+                      f"the time budget's deadline ({config.get('time_budget_minutes')} min)")
         end_of_epoch = True
       if config.get("stop_after_steps") and step >= config.stop_after_steps:
         stopped_by = f"stop_after_steps={config.stop_after_steps}"  # schedule unchanged
@@ -352,17 +452,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         row = {"epoch": round(epoch, 3), "step": step,
                "time_min": round((t_eval - t_start) / 60, 2),
                "train_min": round((t_eval - t_start - eval_s) / 60, 3)}
-        entries, scalars, histograms, files, metrics = run_evaluations(
+        entries, res, metrics = run_evaluations(
             model, task, passes, eval_sets, eval_step, mesh, ema, step=step, epoch=epoch)
         row.update(entries)
-        scalars.update({"eval/epoch": epoch, "eval/time_min": row["time_min"]})
+        res.scalars.update({"eval/epoch": epoch, "eval/time_min": row["time_min"]})
         if is_main:
-          for name, content in files.items():
+          for name, content in res.files.items():
             with open(os.path.join(workdir, name), "w") as f:
               json.dump(content, f)
         history.append(row)
-        writer.write(step, scalars)
-        writer.write_histograms(step, histograms)
+        writer.write(step, res.scalars)
+        writer.write_histograms(step, res.histograms)
+        writer.write_images(step, res.images)
         eval_s += time.time() - t_eval
         if metrics is not None:
           bar.write(f"epoch {epoch:.2f} step {step}: {task.describe(metrics)} "
@@ -394,7 +495,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
              **{f"best_{k}": best.get(k) if best else None for k in SUMMARY_METRICS},
              "best_step": best["step"] if best else None,
              "checkpoint": manager.latest_path(), "minutes": round(elapsed / 60, 2),
-             "stopped_by": stopped_by, "history": history}
+             "stopped_by": stopped_by, "history": history,
+             "plan": budget_lib.as_dict(plan) if plan is not None else None}
   if is_main:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
