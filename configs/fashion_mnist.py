@@ -13,7 +13,8 @@ in docs/results.md.
 
 Arguments (``:a,b``): ``runlocal`` (a few steps on tiny data), ``base`` (the base-family
 recipe), ``vanilla`` (the paper's direct-training baseline: binary spikes, LIF, image repeated
-over T=4 timesteps), ``t1``/``t4`` (T = 1, the default, or T = 4; also as ``timesteps=t4``).
+over T=4 timesteps), ``long`` (a 118-minute budget with the data set's augmentation; not yet
+measured), ``t1``/``t4`` (T = 1, the default, or T = 4; also as ``timesteps=t4``).
 Any other argument is an error.
 """
 
@@ -23,7 +24,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, runlocal=False, base=False, vanilla=False,
+  a = common.parse_arg(arg, runlocal=False, base=False, vanilla=False, long=False,
                        timesteps=common.one_of("t1", "t4"))
   c = common.trainer_defaults(dataset="fashion_mnist", channels=1)
   c.image_size = 32           # 28 px zero-padded to 32
@@ -55,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (spikejax/train/budget.py); the schedule then anneals to its end on any machine.
   # ``--config.time_budget_minutes=0`` trains ``num_epochs`` instead.
   c.time_budget_minutes = 29.0
+  if a.long:    # a 2-hour budget: about 4x the steps, long enough for augmentation to pay
+    c.time_budget_minutes = 118.0
+    c.augment = "default"     # the data set's: pad-2 random crop, flip, label smoothing 0.1
   c.num_epochs = 11.0 if a.base else 12.5
   c.firing_stats = True         # per-layer firing of each evaluation -> firing.json, eval/nsfr_*
 

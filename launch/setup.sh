@@ -21,3 +21,17 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[data,test]"
+# CI also installs the torch extra (reading official .pth checkpoints, tests/test_convert.py)
+# when a local CPU wheel of torch is on pip's find-links path: PyPI's own Linux wheel of torch
+# pulls in the CUDA libraries (gigabytes). Without one the .pth tests skip, saying why.
+if [ -n "${CI:-}" ]; then
+  TORCH_WHEEL=""
+  for d in ${PIP_FIND_LINKS:-} /opt/wheels; do
+    for w in "$d"/torch-*+cpu-*.whl; do [ -f "$w" ] && TORCH_WHEEL="$w" && break 2; done
+  done
+  if [ -n "$TORCH_WHEEL" ]; then
+    python -m pip install -q "$TORCH_WHEEL"
+  else
+    echo "note: no local CPU wheel of torch; the .pth tests will skip" >&2
+  fi
+fi

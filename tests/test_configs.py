@@ -12,7 +12,7 @@ from configs import common
 FILES = {
     "event_fashion_mnist": [("independent", "if_soft", "if_hard", "lif_soft", "lif_hard"),
                             ("vanilla",), ("runlocal",)],
-    "fashion_mnist": [("base",), ("vanilla",), ("t1", "t4"), ("runlocal",)],
+    "fashion_mnist": [("base",), ("vanilla",), ("long",), ("t1", "t4"), ("runlocal",)],
     "har_dvs": [("independent", "if_soft", "if_hard", "lif_soft", "lif_hard"), ("runlocal",)],
     "imagenet_espikeformer": [("t", "s", "m", "l"), ("d8",), ("runlocal",)],
     "imagenet_large": [("finetune", "distill"), ("runlocal",)],
