@@ -222,11 +222,14 @@ def test_spike_map_is_the_channel_and_time_averaged_firing_of_the_first_examples
                              rtol=1e-6)
 
   images = np.random.default_rng(2).uniform(size=(2, 8, 10, 1))
-  layers = {"c": np.zeros((2, 2, 2)), "b": np.ones((2, 4, 5)), "a": np.full((2, 4, 5), 0.5)}
+  half = np.full((2, 4, 5), 0.1)
+  half[1] = 0.2                     # each column is scaled to its own largest rate
+  layers = {"c": np.zeros((2, 2, 2)), "b": np.ones((2, 4, 5)), "a": half}
   grid, shown = record.spike_map_grid(images, layers)
   assert shown == ["a", "b", "c"] and grid.dtype == np.uint8     # finest first, then by name
   assert grid.shape == (2 * 8 + 2, 4 * 10 + 3 * 2)
-  assert (grid[:8, 12:22] == 128).all() and (grid[:8, 24:34] == 255).all()
+  assert (grid[:8, 12:22] == 128).all() and (grid[10:, 12:22] == 255).all()
+  assert (grid[:8, 24:34] == 255).all()
   assert (grid[:8, 36:46] == 0).all() and (grid[8:10] == 0).all()  # gap rows are dark
   assert grid[:8, :10].min() == 0 and grid[:8, :10].max() == 255  # the input, scaled
   many = {f"l{i:02d}": np.zeros((2, 4, 4)) for i in range(20)}

@@ -140,8 +140,9 @@ def sown_histograms(intermediates, kind: str = "spike_hist") -> dict[str, jax.Ar
 def spike_map_grid(images: np.ndarray, maps: dict[str, np.ndarray], *, gap: int = 2,
                    max_layers: int = 8) -> tuple[np.ndarray, list[str]]:
   """One uint8 picture of spike maps: a row per example, the input first (scaled to 0..255),
-  then one map per spatial layer (nearest-upsampled to the input size; 0..255 = firing 0..1),
-  ``gap`` dark pixels between cells. Layers are ordered by resolution (finest first), then
+  then one map per spatial layer (nearest-upsampled to the input size; 0..255 = firing from 0
+  to the column's largest value over the examples: channel-averaged rates are small, the
+  absolute ones are in ``firing.json``), ``gap`` dark pixels between cells. Layers are ordered by resolution (finest first), then
   name; of more than ``max_layers``, evenly spaced ones are shown (the first and the last
   included). ``images``: ``(k, H, W, C)`` or event frames ``(k, T, H, W, C)`` (averaged over
   T and C). Returns the picture and the layers shown, in column order."""
@@ -159,7 +160,8 @@ def spike_map_grid(images: np.ndarray, maps: dict[str, np.ndarray], *, gap: int 
     m = np.asarray(maps[name], np.float32)[:k]
     rows = np.minimum(np.arange(H) * m.shape[1] // H, m.shape[1] - 1)
     colx = np.minimum(np.arange(W) * m.shape[2] // W, m.shape[2] - 1)
-    cols.append(np.clip(m[:, rows][:, :, colx], 0.0, 1.0))
+    m = np.clip(m[:, rows][:, :, colx], 0.0, 1.0)
+    cols.append(m / max(float(m.max()), 1e-12))
   n = len(cols)
   out = np.zeros((k * H + (k - 1) * gap, n * W + (n - 1) * gap), np.uint8)
   for i in range(k):

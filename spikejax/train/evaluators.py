@@ -103,8 +103,9 @@ class FiringEvaluator(Evaluator):
 class SpikeMapEvaluator(Evaluator):
   """Spike maps of the first batch's first 4 examples (paper Fig. 8, as firing rates per
   position): one picture, ``<prefix>/spike_maps``, with a row per example, the input, then up
-  to 8 spatial spiking layers, finest first (``record.spike_map_grid``); its columns are named
-  in ``spike_maps.json`` (``spike_maps_<prefix>.json``)."""
+  to 8 spatial spiking layers, finest first, each scaled to its largest rate
+  (``record.spike_map_grid``); its columns are named in ``spike_maps.json``
+  (``spike_maps_<prefix>.json``)."""
   map_examples = 4
 
   def result(self, metrics, firing, *, step, epoch):
