@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import re
 import sys
 
 from launch import import_config_file
+from spikejax.train import paths
 
 
 def load_config_module(spec: str):
@@ -102,14 +102,13 @@ def main(argv=None) -> int:
   rows = []
   for i, over in enumerate(runs):
     name = run_name(i, over)
-    workdir = os.path.join(args.workdir, name)
+    workdir = paths.join(args.workdir, name)
     print(f"[{i + 1}/{len(runs)}] {name} -> {workdir}", flush=True)
     if args.dry_run:
       continue
-    summary_path = os.path.join(workdir, "summary.json")
-    if os.path.exists(summary_path):
-      with open(summary_path) as f:
-        summary = json.load(f)
+    summary_path = paths.join(workdir, "summary.json")
+    if paths.exists(summary_path):
+      summary = json.loads(paths.read_text(summary_path))
     else:
       from spikejax.train import trainer
       summary = trainer.train_and_evaluate(configs[i], workdir)

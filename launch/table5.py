@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from typing import Any
+
+from spikejax.train import paths
 
 PAPER = {  # Table V (ImageNet, 224 px): top-1 %, energy mJ
     ("metaspikformer", "vanilla", 1): ("Meta-SpikeFormer 1x1", 68.5, 3.3),
@@ -92,13 +93,11 @@ def family(model_name: str) -> str:
 
 def rows_of(workdir: str) -> list[tuple[str, dict, dict]]:
   out = []
-  for name in sorted(os.listdir(workdir)):
-    run = os.path.join(workdir, name)
-    if os.path.isfile(os.path.join(run, "summary.json")):
-      with open(os.path.join(run, "summary.json")) as f:
-        summary = json.load(f)
-      with open(os.path.join(run, "config.json")) as f:
-        config = json.load(f)
+  for name in paths.listdir(workdir):
+    run = paths.join(workdir, name)
+    if paths.isfile(paths.join(run, "summary.json")):
+      summary = json.loads(paths.read_text(paths.join(run, "summary.json")))
+      config = json.loads(paths.read_text(paths.join(run, "config.json")))
       out.append((name, config, summary))
   return out
 
@@ -109,7 +108,7 @@ def main(argv=None) -> int:
   p.add_argument("--no-bench", action="store_true", help="skip the step-time benchmark")
   p.add_argument("--energy-images", type=int, default=1000)
   args = p.parse_args(argv)
-  if not os.path.isdir(args.workdir):
+  if not paths.isdir(args.workdir):
     raise SystemExit(f"--workdir {args.workdir} does not exist; run the sweep first.")
   runs = rows_of(args.workdir)
   if not runs:
@@ -132,13 +131,12 @@ def main(argv=None) -> int:
       row.update(params=b["params"], step_s=b["step_median_s"],
                  xla_memory_mb=round(b.get("xla_estimate_bytes", 0) / 2**20, 1),
                  bench_backend=b["backend"])
-    e = _last_json(energy_command(os.path.join(args.workdir, name), args.energy_images))
+    e = _last_json(energy_command(paths.join(args.workdir, name), args.energy_images))
     row.update(firing=e["firing"]["mean_rate"], sops_m=e["sops"] / 1e6,
                energy_mj=e["snn_energy_mj"], energy_images=e["firing"]["images"])
     table.append(row)
     print(json.dumps(row), flush=True)
-  with open(os.path.join(args.workdir, "table5.json"), "w") as f:
-    json.dump(table, f, indent=2)
+  paths.write_text(paths.join(args.workdir, "table5.json"), json.dumps(table, indent=2))
   print(markdown(table))
   return 0
 

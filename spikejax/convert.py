@@ -22,6 +22,7 @@ release name such as ``83M_1x8_384.pth``); a request that contradicts it is an e
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import sys
@@ -29,6 +30,8 @@ from typing import Any, Mapping
 
 import numpy as np
 from flax import nnx
+
+from spikejax.train import paths
 
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
          "var": "running_var"}
@@ -219,15 +222,19 @@ def read_official(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   unpickles tensors and plain containers only; ``argparse.Namespace`` is the one class added to
   that allowlist. Anything else in the file is refused, never unpickled blindly.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"checkpoint file {path!r} does not exist.")
+  # a file in a bucket is read into memory (torch.load and np.load take file objects)
+  src = io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path
   if path.endswith(".npz"):
     import zipfile
-    if not zipfile.is_zipfile(path):   # np.load would call it "pickled data"
+    if not zipfile.is_zipfile(src):   # np.load would call it "pickled data"
       raise ValueError(f"{path} is not a .npz archive (not a zip file): write one with "
                        f"numpy.savez(path, **state_dict) or pass the official .pth file.")
     try:
-      with np.load(path, allow_pickle=False) as z:
+      if not isinstance(src, str):
+        src.seek(0)
+      with np.load(src, allow_pickle=False) as z:
         keys = [k for k in z.files if k.startswith("state_dict/")] or list(z.files)
         return clean_state_dict({k: z[k] for k in keys}), {}
     except (ValueError, OSError, zipfile.BadZipFile) as e:
@@ -241,7 +248,7 @@ def read_official(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                         "(or convert to .npz elsewhere).") from e
     try:
       with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:
       raise ValueError(f"{path} cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
                        f"{' '.join(str(e).split())[:300]}); pass the official .pth file, or a "
@@ -344,7 +351,7 @@ def main(argv=None) -> int:
   from spikejax.models import create_model, get_variant
   from spikejax.train import checkpoints
 
-  if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+  if paths.isfile(args.out) or paths.listdir(args.out):
     raise FileExistsError(f"--out {args.out} exists and is not empty; choose a new --out "
                           f"directory (nothing was overwritten).")
   variant = get_variant(args.model)
@@ -357,11 +364,11 @@ def main(argv=None) -> int:
   load_official_state_dict(model, sd)
   checkpoints.save_model(args.out, model, model_name=variant.name,
                          model_kwargs={"num_classes": n_cls, **opts},
-                         extra={"source": os.path.abspath(args.checkpoint),
+                         extra={"source": paths.resolve(args.checkpoint),
                                 **({"image_size": image_size} if image_size else {})})
   shown = ", ".join([f"{n_cls} classes"] + [f"{k}={v}" for k, v in opts.items()] +
                     ([f"{image_size} px"] if image_size else []))
-  print(f"wrote {variant.name} ({shown}) to {os.path.abspath(args.out)}")
+  print(f"wrote {variant.name} ({shown}) to {paths.resolve(args.out)}")
   return 0
 
 

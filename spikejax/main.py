@@ -42,12 +42,12 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   from spikejax.data import DataError
-  from spikejax.train import trainer, watchdog
+  from spikejax.train import paths, trainer, watchdog
   peers = None
   if jax.process_count() > 1:
     peers = watchdog.PeerWatchdog(
         timeout_s=FLAGS.peer_timeout_seconds,
-        checkpoint_dir=os.path.join(os.path.abspath(FLAGS.workdir), "checkpoints")).start()
+        checkpoint_dir=paths.join(paths.resolve(FLAGS.workdir), "checkpoints")).start()
   try:
     from spikejax.train import budget
     summary = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir,

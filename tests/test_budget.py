@@ -67,8 +67,12 @@ def test_plan_file_round_trip_keeps_an_earlier_plan(tmp_path):
   assert p.deadline == 1000.0 + 300 - 15 - 2
   budget.write(p, str(tmp_path))
   assert budget.read(str(tmp_path)) == p
-  budget.write(p, str(tmp_path))
-  assert os.path.exists(tmp_path / "plan.1.json")
+  budget.write(p, str(tmp_path))                 # the same plan: nothing kept, nothing new
+  assert not os.path.exists(tmp_path / "plan.1.json")
+  import dataclasses
+  budget.write(dataclasses.replace(p, total_steps=p.total_steps + 1), str(tmp_path))
+  assert budget.Plan(**json.loads((tmp_path / "plan.1.json").read_text())) == p  # kept
+  assert budget.read(str(tmp_path)).total_steps == p.total_steps + 1
   (tmp_path / "plan.json").write_text("{")
   with pytest.raises(ValueError, match="plan.json is unreadable"):
     budget.read(str(tmp_path))

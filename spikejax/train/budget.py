@@ -29,6 +29,8 @@ import os
 import time
 from typing import Any
 
+from spikejax.train import paths
+
 PLAN_FILE = "plan.json"
 # the rate is measured over at most this many warm-up steps (the second half of them)
 MAX_MEASURE_STEPS = 200
@@ -169,26 +171,18 @@ def make_plan(config, *, launched_at: float, elapsed_s: float, decided_at: int,
 
 def write(plan: Plan, workdir: str) -> None:
   """``plan.json`` (atomically); an earlier different one is kept as ``plan.<n>.json``."""
-  path = os.path.join(workdir, PLAN_FILE)
-  if os.path.exists(path):
-    n = 1
-    while os.path.exists(os.path.join(workdir, f"plan.{n}.json")):
-      n += 1
-    os.replace(path, os.path.join(workdir, f"plan.{n}.json"))
-  with open(path + ".tmp", "w") as f:
-    json.dump(dataclasses.asdict(plan), f, indent=2)
-  os.replace(path + ".tmp", path)
+  paths.write_keeping_old(paths.join(workdir, PLAN_FILE),
+                          json.dumps(dataclasses.asdict(plan), indent=2))
 
 
 def read(workdir: str) -> Plan | None:
   """The saved plan of ``workdir`` or None; a damaged file is an error naming it (a resume
   without its plan would train another schedule)."""
-  path = os.path.join(workdir, PLAN_FILE)
-  if not os.path.exists(path):
+  path = paths.join(workdir, PLAN_FILE)
+  if not paths.exists(path):
     return None
   try:
-    with open(path) as f:
-      return Plan(**json.load(f))
+    return Plan(**json.loads(paths.read_text(path)))
   except (OSError, ValueError, TypeError) as e:
     raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); the checkpoints there "
                      f"were trained to its plan: restore the file or use a new --workdir.")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -17,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from spikejax.train import paths
 
 log = logging.getLogger("spikejax")
 
@@ -33,18 +34,17 @@ def save_model(directory: str, model, *, model_name: str, model_kwargs: dict[str
   """Writes ``model``'s parameters and BN statistics to a new directory ``directory``;
   ``model.json`` records how to rebuild it (``model_kwargs``) and ``extra`` facts about it
   (e.g. the converted file and its input resolution)."""
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and os.listdir(directory):
+  directory = paths.resolve(directory)
+  if paths.listdir(directory) or paths.isfile(directory):
     raise FileExistsError(f"{directory} exists and is not empty; choose a new --out directory "
                           f"(nothing was overwritten).")
-  os.makedirs(directory, exist_ok=True)
+  paths.makedirs(directory)
   pure = nnx.to_pure_dict(_model_vars(model))
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(directory, STATE_DIR), pure)
+    ckptr.save(paths.join(directory, STATE_DIR), pure)
     ckptr.wait_until_finished()
   meta = {"model": model_name, "kwargs": _jsonable(model_kwargs), **_jsonable(extra or {})}
-  with open(os.path.join(directory, MODEL_JSON), "w") as f:
-    json.dump(meta, f, indent=2)
+  paths.write_text(paths.join(directory, MODEL_JSON), json.dumps(meta, indent=2))
   return directory
 
 
@@ -60,13 +60,12 @@ def _jsonable(d):
 
 
 def read_model_meta(directory: str) -> dict[str, Any]:
-  path = os.path.join(directory, MODEL_JSON)
-  if not os.path.exists(path):
+  path = paths.join(directory, MODEL_JSON)
+  if not paths.exists(path):
     raise FileNotFoundError(f"{directory} has no {MODEL_JSON}: it is not a spikejax model "
                             f"checkpoint (write one with `python -m spikejax.convert` or the "
                             f"trainer).")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 def restore_into(directory: str, model) -> None:
@@ -74,7 +73,7 @@ def restore_into(directory: str, model) -> None:
   state = _model_vars(model)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
   with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(os.path.join(os.path.abspath(directory), STATE_DIR), abstract)
+    restored = ckptr.restore(paths.join(paths.resolve(directory), STATE_DIR), abstract)
   nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)
 
@@ -207,7 +206,7 @@ class TrainCheckpointer:
   """
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory)
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=opts,
@@ -247,7 +246,7 @@ class TrainCheckpointer:
 
   def latest_path(self) -> str | None:
     step = self.manager.latest_step()
-    return None if step is None else os.path.join(self.directory, str(step))
+    return None if step is None else paths.join(self.directory, str(step))
 
   def read_best(self):
     step = self.manager.latest_step()
@@ -299,12 +298,12 @@ class TrainCheckpointer:
       return
     if jax.process_index() == 0:
       aside = self.directory + "_corrupt"
-      os.makedirs(aside, exist_ok=True)
+      paths.makedirs(aside)
       for step in steps:
-        src = os.path.join(self.directory, str(step))
-        if os.path.exists(src):
-          dst = os.path.join(aside, f"{step}-{int(time.time())}")
-          os.replace(src, dst)
+        src = paths.join(self.directory, str(step))
+        if paths.exists(src):
+          dst = paths.join(aside, f"{step}-{int(time.time())}")
+          paths.move(src, dst)
           log.warning("moved the unreadable checkpoint %s to %s", src, dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -341,13 +340,13 @@ class TrainCheckpointer:
 def read_model_values(path: str) -> dict[str, Any]:
   """The model variables stored at ``path`` as ``{"a/b/kernel": array}``: a training workdir
   (its newest readable checkpoint) or a model directory (``model.json``)."""
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, MODEL_JSON)):
+  path = paths.resolve(path)
+  if paths.exists(paths.join(path, MODEL_JSON)):
     model = load_model(path)
     return {"/".join(str(p) for p in k): v.get_value()
             for k, v in nnx.to_flat_state(_model_vars(model))}
-  ckpt_dir = os.path.join(path, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = paths.join(path, "checkpoints")
+  if not paths.isdir(ckpt_dir):
     raise FileNotFoundError(
         f"{path} is neither a model directory (with {MODEL_JSON}) nor a training workdir (with "
         f"checkpoints/); pass the --workdir of a spikejax.main run.")
@@ -407,17 +406,16 @@ def load_trained(path: str, *, use_ema: bool = False, **overrides):
   """
   import ml_collections
   from spikejax.models import from_config
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, MODEL_JSON)):
+  path = paths.resolve(path)
+  if paths.exists(paths.join(path, MODEL_JSON)):
     return load_model(path, **overrides), None
-  cfg_file = os.path.join(path, "config.json")
-  ckpt_dir = os.path.join(path, "checkpoints")
-  if not (os.path.exists(cfg_file) and os.path.isdir(ckpt_dir)):
+  cfg_file = paths.join(path, "config.json")
+  ckpt_dir = paths.join(path, "checkpoints")
+  if not (paths.exists(cfg_file) and paths.isdir(ckpt_dir)):
     raise FileNotFoundError(
         f"{path} is neither a model directory (with {MODEL_JSON}) nor a training workdir "
         f"(with config.json and checkpoints/); pass the --workdir of a spikejax.main run.")
-  with open(cfg_file) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(paths.read_text(cfg_file)))
   step, restored = TrainCheckpointer(ckpt_dir, async_save=False).restore_arrays()
   values = dict(restored["model"])
   if use_ema:

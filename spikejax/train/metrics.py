@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from spikejax.train import paths
 
 
 def effective_rank(features: jax.Array, *, center: bool = False) -> jax.Array:
@@ -43,8 +46,11 @@ class TensorBoardWriter:
   TensorFlow first, measured with ``time python -c ...``)."""
 
   def __init__(self, logdir: str):
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-    self._writer = EventFileWriter(logdir, flush_secs=30)
+    if paths.is_remote(logdir):
+      self._writer = BucketEventFiles(logdir)
+    else:
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      self._writer = EventFileWriter(logdir, flush_secs=30)
 
   def _add(self, step: int, values) -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -93,6 +99,49 @@ class TensorBoardWriter:
     self._writer.close()
 
 
+class BucketEventFiles:
+  """``EventFileWriter``'s interface for a bucket, which cannot append: the events since the
+  last flush go to a new object ``events.out.tfevents.<time>.<host>.<pid>.<part>`` (TFRecord
+  framing, each part opening with the file-version event). TensorBoard reads a directory's
+  event files in name order, so the parts read as one file. ``add_event`` flushes by itself
+  when the oldest unflushed event is ``flush_secs`` old."""
+
+  def __init__(self, logdir: str, flush_secs: float = 120.0):
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    import io
+    self._io, self._record_writer = io, RecordWriter
+    self._prefix = paths.join(logdir, "events.out.tfevents.%010d.%s.%d" % (
+        time.time(), socket.gethostname(), os.getpid()))
+    self.flush_secs, self._part, self._since = float(flush_secs), 0, None
+    self._new_buffer()
+
+  def _new_buffer(self) -> None:
+    from tensorboard.compat.proto import event_pb2
+    self._buf = self._io.BytesIO()
+    self._records = self._record_writer(self._buf)
+    self._pending = 0
+    self._records.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+                        .SerializeToString())
+
+  def add_event(self, event) -> None:
+    self._records.write(event.SerializeToString())
+    self._pending += 1
+    self._since = self._since or time.time()
+    if time.time() - self._since >= self.flush_secs:
+      self.flush()
+
+  def flush(self) -> None:
+    if not self._pending:
+      return
+    paths.write_bytes(f"{self._prefix}.{self._part:06d}", self._buf.getvalue())
+    self._part += 1
+    self._since = None
+    self._new_buffer()
+
+  def close(self) -> None:
+    self.flush()
+
+
 def _tensorboard_writer(logdir: str) -> TensorBoardWriter | None:
   """A ``TensorBoardWriter``, or None (with a warning) when the ``tensorboard`` package is
   absent; JSONL is written either way."""
@@ -114,9 +163,9 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._f = open(self.path, "a")
-    self._tb = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
+    self.path = paths.join(workdir, "metrics.jsonl")
+    self._f = paths.AppendLog(self.path)
+    self._tb = _tensorboard_writer(paths.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
@@ -124,9 +173,15 @@ class MetricWriter:
     row = {"step": int(step), "time": time.time()}
     row.update({k: float(v) for k, v in scalars.items()})
     self._f.write(json.dumps(row) + "\n")
-    self._f.flush()
     if self._tb is not None:
       self._tb.scalars(step, scalars)
+
+  def flush(self) -> None:
+    """Everything written so far reaches the workdir (in a bucket: uploaded now)."""
+    if self.enabled:
+      self._f.flush()
+      if self._tb is not None:
+        self._tb.flush()
 
   def write_histograms(self, step: int, histograms: dict[str, np.ndarray]) -> None:
     """Value histograms (``TensorBoardWriter.value_histograms``) to TensorBoard only."""
@@ -154,11 +209,10 @@ def supersede_rows(workdir: str, step: int) -> int:
   """Moves the rows of ``metrics.jsonl`` logged after ``step`` (work lost to a crash, redone
   from the checkpoint at ``step``) to ``metrics.superseded.jsonl``; returns how many. The
   file is rewritten atomically, so the rows up to ``step`` appear exactly once."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = paths.join(workdir, "metrics.jsonl")
+  if not paths.exists(path):
     return 0
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line + "\n" for line in paths.read_text(path).split("\n") if line.strip()]
   keep, late = [], []
   for line in lines:
     try:
@@ -169,17 +223,14 @@ def supersede_rows(workdir: str, step: int) -> int:
     (keep if row_step <= step else late).append(line)
   if not late:
     return 0
-  with open(os.path.join(workdir, "metrics.superseded.jsonl"), "a") as f:
-    f.writelines(x if x.endswith("\n") else x + "\n" for x in late)
-  with open(path + ".tmp", "w") as f:
-    f.writelines(x if x.endswith("\n") else x + "\n" for x in keep)
-  os.replace(path + ".tmp", path)
+  paths.append_text(paths.join(workdir, "metrics.superseded.jsonl"), "".join(late))
+  paths.write_text(path, "".join(keep))
   return len(late)
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = paths.read_text(paths.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 class Progress:

@@ -7,7 +7,6 @@ sharded over every mesh axis on the leading dimension (data and fsdp both consum
 
 from __future__ import annotations
 
-import math
 
 import jax
 import numpy as np

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 from typing import Any, Callable
 
 import jax
@@ -24,6 +23,7 @@ from spikejax.models import from_config
 from spikejax.models.from_config import ConfigError
 from spikejax.train import budget as budget_lib
 from spikejax.train import checkpoints as ckpt_lib
+from spikejax.train import paths
 from spikejax.train import evaluators as evaluators_lib
 from spikejax.train import optim
 from spikejax.train import sharding as sharding_lib
@@ -93,7 +93,7 @@ def validate(config, num_devices: int) -> None:
                       f"differs from spike.time_steps={config.spike.time_steps} (the model's "
                       "real timesteps); set both to the same T.")
   init_from = config.get("init_from")
-  if init_from and not os.path.exists(init_from):
+  if init_from and not paths.exists(init_from):
     raise ConfigError(f"init_from={init_from!r} does not exist: give the workdir of a "
                       f"pretraining run (or a model directory from spikejax.convert).")
   stride = from_config.total_stride(config)

@@ -26,6 +26,7 @@ from spikejax.train import budget as budget_lib
 from spikejax.train import checkpoints as ckpt_lib
 from spikejax.train import evaluators as evaluators_lib
 from spikejax.train import metrics as metrics_lib
+from spikejax.train import paths
 from spikejax.train import sharding as sharding_lib
 from spikejax.train import state as state_lib
 from spikejax.train import tasks as tasks_lib
@@ -68,18 +69,16 @@ def _flat_json(node, prefix=""):
 
 
 def _has_checkpoints(workdir: str) -> bool:
-  ckpt = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))
+  return any(d.isdigit() for d in paths.listdir(paths.join(workdir, "checkpoints")))
 
 
 def _previous_history(workdir: str, start_step: int) -> list[dict[str, Any]]:
   """The history rows of an earlier ``summary.json`` up to ``start_step`` (none at step 0)."""
-  path = os.path.join(workdir, "summary.json")
-  if not start_step or not os.path.exists(path):
+  path = paths.join(workdir, "summary.json")
+  if not start_step or not paths.exists(path):
     return []
   try:
-    with open(path) as f:
-      rows = json.load(f).get("history") or []
+    rows = json.loads(paths.read_text(path)).get("history") or []
   except (OSError, ValueError):
     log.warning("%s is unreadable; its history is not carried over", path)
     return []
@@ -90,12 +89,11 @@ def check_resume_config(config, workdir: str) -> None:
   """Refuses (``ConfigError``, before anything is written) to resume the checkpoints of
   ``workdir`` with a config that differs from its ``config.json`` in a key outside
   ``RESUME_SAFE``, naming each differing key with both values."""
-  saved_file = os.path.join(workdir, "config.json")
-  if not (os.path.exists(saved_file) and _has_checkpoints(workdir)):
+  saved_file = paths.join(workdir, "config.json")
+  if not (paths.exists(saved_file) and _has_checkpoints(workdir)):
     return
   try:
-    with open(saved_file) as f:
-      saved = _flat_json(json.load(f))
+    saved = _flat_json(json.loads(paths.read_text(saved_file)))
   except (OSError, ValueError) as e:
     raise ConfigError(f"{saved_file} cannot be read ({type(e).__name__}); the checkpoints "
                       f"there cannot be checked against this config: use a new --workdir.")
@@ -114,20 +112,8 @@ def check_resume_config(config, workdir: str) -> None:
 
 def _write_config(config, workdir: str) -> None:
   """Writes ``config.json``; a different earlier one is kept as ``config.<n>.json``."""
-  path = os.path.join(workdir, "config.json")
-  text = config.to_json_best_effort(indent=2)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-    if old == text:
-      return
-    n = 1
-    while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
-      n += 1
-    os.replace(path, os.path.join(workdir, f"config.{n}.json"))
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  paths.write_keeping_old(paths.join(workdir, "config.json"),
+                          config.to_json_best_effort(indent=2))
 
 
 # steps between the processes' agreements on stopping (a signal, a time limit): each is one
@@ -233,15 +219,15 @@ def run_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema, *, ste
 def _check_writable(workdir: str) -> None:
   """Creates ``workdir`` and proves it writable (a probe file, removed), else ``ConfigError``:
   a read-only workdir fails here, not at the first checkpoint after compiling."""
-  probe = os.path.join(workdir, f".spikejax-write-test-{os.getpid()}")
+  probe = paths.join(workdir, f".spikejax-write-test-{os.getpid()}-{jax.process_index()}")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"--workdir={workdir} is not writable ({e.strerror or e}); pass a "
-                      f"directory you can write to.") from None
+    paths.makedirs(workdir)
+    paths.write_text(probe, "")
+    paths.remove(probe)
+  except Exception as e:   # OSError locally; a bucket's client raises its own errors
+    why = getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    raise ConfigError(f"--workdir={workdir} is not writable ({why}); pass a directory you "
+                      f"can write to (a local path or a bucket path such as gs://...).") from None
 
 
 def _time_evaluations(model, task, passes, eval_sets, eval_step, mesh, ema) -> float:
@@ -307,8 +293,8 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
   validate(config, num_devices)
   task = tasks_lib.from_config(config)
   passes = evaluators_lib.from_config(config, task, num_devices)
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  workdir = paths.resolve(workdir)
+  if paths.isfile(workdir):
     raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory.")
   check_resume_config(config, workdir)
   _check_writable(workdir)
@@ -322,7 +308,7 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
   steps_per_epoch = train_ds.steps_per_epoch
   total_steps = state_lib.schedule_steps(config, steps_per_epoch)
 
-  manager = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+  manager = ckpt_lib.TrainCheckpointer(paths.join(workdir, "checkpoints"),
                                        keep=config.keep_checkpoints)
   resuming = bool(manager.manager.all_steps())
   plan = decide_at = None      # a time budget: the plan, or the step it will be made at
@@ -458,8 +444,7 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
         res.scalars.update({"eval/epoch": epoch, "eval/time_min": row["time_min"]})
         if is_main:
           for name, content in res.files.items():
-            with open(os.path.join(workdir, name), "w") as f:
-              json.dump(content, f)
+            paths.write_text(paths.join(workdir, name), json.dumps(content))
         history.append(row)
         writer.write(step, res.scalars)
         writer.write_histograms(step, res.histograms)
@@ -473,6 +458,7 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stopped_by \
           or signalled:
         runner.sync()
+        writer.flush()    # the rows up to a checkpoint are in the workdir before it is
         try:
           manager.save(step, model, optimizer, ema, best=best)
         except ckpt_lib.NonFiniteStateError as e:   # never saved: resuming it would be NaN
@@ -498,6 +484,5 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
              "stopped_by": stopped_by, "history": history,
              "plan": budget_lib.as_dict(plan) if plan is not None else None}
   if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    paths.write_text(paths.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   return summary

@@ -23,19 +23,30 @@ import sys
 import threading
 import time
 
+from spikejax.train import paths
+
 EXIT_PEER_LOST = 5
 _BEAT = "spikejax/watchdog/beat/"
 _DONE = "spikejax/watchdog/done/"
 
 
 def last_complete_checkpoint(checkpoint_dir: str | None) -> str | None:
-  """The newest whole step directory under ``checkpoint_dir`` (orbax renames a step's
-  directory to its bare number only once it is complete), or None."""
-  if not checkpoint_dir or not os.path.isdir(checkpoint_dir):
+  """The newest whole step directory under ``checkpoint_dir``, or None. Locally orbax renames
+  a step's directory to its bare number only once it is complete; a bucket has no rename, so
+  there the step is whole once its ``commit_success.txt`` is written."""
+  if not checkpoint_dir:
     return None
-  steps = [int(d) for d in os.listdir(checkpoint_dir)
-           if d.isdigit() and os.path.isdir(os.path.join(checkpoint_dir, d))]
-  return os.path.join(checkpoint_dir, str(max(steps))) if steps else None
+  remote = paths.is_remote(checkpoint_dir)
+
+  def whole(step_dir):
+    return paths.exists(paths.join(step_dir, "commit_success.txt")) if remote \
+        else paths.isdir(step_dir)
+
+  steps = sorted((int(d) for d in paths.listdir(checkpoint_dir) if d.isdigit()), reverse=True)
+  for step in steps:
+    if whole(paths.join(checkpoint_dir, str(step))):
+      return paths.join(checkpoint_dir, str(step))
+  return None
 
 
 class PeerWatchdog:

@@ -9,12 +9,12 @@ teacher runs in eval mode inside the same jitted step, replicated on every devic
 
 from __future__ import annotations
 
-import os
 
 import jax
 
 from spikejax.models.from_config import ConfigError
 from spikejax.train import checkpoints as ckpt_lib
+from spikejax.train import paths
 import spikejax.train.tasks.base as base
 from spikejax.train.tasks.classify import Classify, functional_train_step
 
@@ -40,7 +40,7 @@ class Distill(Classify):
     if not teacher:
       raise ConfigError("task 'distill' needs distill.teacher: a training workdir or a model "
                         "directory.")
-    if not os.path.exists(teacher):
+    if not paths.exists(teacher):
       raise ConfigError(f"distill.teacher={teacher!r} does not exist: give a training workdir "
                         f"or a model directory.")
     from spikejax.models import get_variant
