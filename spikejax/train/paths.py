@@ -113,27 +113,24 @@ def read_bytes(path: str) -> bytes:
     return f.read()
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes ``text`` atomically (see the module docstring)."""
+def _write(path: str, data, mode: str) -> None:
   if is_remote(path):
-    with open_file(path, "w") as f:
-      f.write(text)
-    return
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def write_bytes(path: str, data: bytes) -> None:
-  if is_remote(path):
-    with open_file(path, "wb") as f:
+    with open_file(path, mode) as f:
       f.write(data)
     return
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
+  with open(tmp, mode) as f:
     f.write(data)
   os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes ``text`` atomically (see the module docstring)."""
+  _write(path, text, "w")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  _write(path, data, "wb")
 
 
 def write_keeping_old(path: str, text: str) -> str | None:
