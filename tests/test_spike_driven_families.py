@@ -3,7 +3,8 @@
 Spike-driven inference is an execution mode of the same modules (neurons swapped for binary
 sub-step IF neurons), so it must equal integer inference for each registered family without
 code per family: the LARGE model the main job trains, the MIM encoder, the DVS model at
-T = 2 and Meta-SpikeFormer with SFA neurons (rounding half up, float64).
+T = 2, Meta-SpikeFormer with SFA neurons and the spiking Semantic FPN (rounding half up,
+float64).
 """
 
 import jax
@@ -38,6 +39,10 @@ def _warm_bn(model, x):
   model.eval()
 
 
+# the spiking Semantic FPN (addendum B.3): backbone, QFPN and QFPNHead, logits per pixel
+SEMFPN = dict(embed_dims=(8, 16, 16, 16), block_depths=(1, 1), num_classes=5, in_channels=1,
+              neck_channels=8, head_channels=8, rounding="half_up", layer_scale=0.5)
+
 CASES = {
     "spikformer12_512": (lambda: create_model("spikformer12_512", rngs=nnx.Rngs(0), **LARGE),
                          (4, 32, 32, 1), 4),
@@ -48,6 +53,8 @@ CASES = {
     # Meta-SpikeFormer with SFA neurons: the "+ SFA training" row of Table V (addendum A.4)
     "metaspikformer_sfa": (lambda: create_model("metaspikformer_15m", rngs=nnx.Rngs(4), **V2_SFA),
                            (4, 32, 32, 1), 4),
+    "semfpn_espikeformer": (lambda: create_model("semfpn_espikeformer_m", rngs=nnx.Rngs(5),
+                                                 **SEMFPN), (2, 32, 32, 1), 4),
 }
 
 
@@ -110,7 +117,8 @@ def test_energy_report(case):
   # every spiking layer feeds some synapse or spike product; a product of two trains is
   # weighted by its first operand's rate (spec §7): Q K^T by Q (E-SDSA), K^T V by K (LARGE)
   fed = {r["input"] for r in ac}
-  other = "attn.k_spike" if name == "espikeformer_dvs" else "attn.v_spike"
+  other = ("attn.k_spike" if name in ("espikeformer_dvs", "semfpn_espikeformer")   # E-SDSA
+           else "attn.v_spike")
   second = {n for n in spiking if n.endswith(other)}
   assert spiking - second <= fed, spiking - second - fed
   T = model.spike.time_steps

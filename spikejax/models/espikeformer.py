@@ -240,7 +240,7 @@ class ESpikeFormerConfig:
   block_depths: tuple[int, int] = (6, 2)               # block3, block4
   # strides of downsample1_1 (stem), downsample1_2, downsample2, downsample3, downsample4
   strides: tuple[int, int, int, int, int] = (2, 2, 2, 2, 1)
-  layer_scale: float | None = None                     # DVS variant: 1e-6
+  layer_scale: float | None = None                     # DVS and segmentation variants: 1e-6
   head_init: str = "trunc_normal"                      # BASE: trunc_normal(0.02); DVS: torch default
 
   def __post_init__(self):
@@ -250,9 +250,7 @@ class ESpikeFormerConfig:
     if len(self.strides) != 5 or any(s not in (1, 2) for s in self.strides):
       raise ValueError(f"strides must be 5 values in {{1, 2}} (downsample1_1, downsample1_2, "
                        f"downsample2, downsample3, downsample4), got {self.strides}.")
-    if self.num_classes < 1 or self.in_channels < 1:
-      raise ValueError(f"num_classes and in_channels must be >= 1, got {self.num_classes}, "
-                       f"{self.in_channels}.")
+    check_head_and_channels(self.num_classes, self.in_channels)
     for d in self.embed_dims[2:]:
       if d % self.num_heads:
         raise ValueError(f"embed dim {d} is not divisible by num_heads={self.num_heads}.")
@@ -262,8 +260,38 @@ class ESpikeFormerConfig:
     return math.prod(self.strides)
 
 
+def check_head_and_channels(num_classes, in_channels) -> None:
+  """``num_classes`` >= 1, or 0 for a backbone without classifier; ``in_channels`` >= 1."""
+  if num_classes < 0 or in_channels < 1:
+    raise ValueError(f"num_classes must be >= 1 (or 0: a backbone without classification head) "
+                     f"and in_channels >= 1, got {num_classes}, {in_channels}.")
+
+
 STAGES = ("downsample1_1", "conv_block1_1", "downsample1_2", "conv_block1_2", "downsample2",
           "conv_block2_1", "conv_block2_2", "downsample3", "block3", "downsample4", "block4")
+
+# Multi-scale taps of the dense-prediction backbones (addendum C.1): name -> the stage it is
+# taken after, and how many of the five downsamplings precede it. With the official strides
+# (2, 2, 2, 2, 1) the names are the strides. Segmentation uses (s2, s4, s8, s16b) (B.3),
+# detection (s4, s8, s16a, s16b) (B.1).
+FEATURE_TAPS = {"s2": ("conv_block1_1", 1), "s4": ("conv_block1_2", 2),
+                "s8": ("conv_block2_2", 3), "s16a": ("block3", 4), "s16b": ("block4", 5)}
+
+
+def tap_strides(strides, taps) -> dict[str, int]:
+  """Input-to-tap stride of every tap in ``taps`` for the five downsampling ``strides``."""
+  unknown = [t for t in taps if t not in FEATURE_TAPS]
+  if unknown:
+    raise ValueError(f"unknown feature tap(s) {unknown}; taps are {list(FEATURE_TAPS)}.")
+  return {t: math.prod(strides[:FEATURE_TAPS[t][1]]) for t in taps}
+
+
+def tap_channels(embed_dims, taps) -> dict[str, int]:
+  """Channels of every tap in ``taps`` for ``embed_dims`` (c0/2, c0, c1, c2, c3)."""
+  c0, c1, c2, c3 = embed_dims
+  width = {"s2": c0 // 2, "s4": c0, "s8": c1, "s16a": c2, "s16b": c3}
+  tap_strides((1,) * 5, taps)
+  return {t: width[t] for t in taps}
 
 
 class ESpikeFormer(nnx.Module):
@@ -304,6 +332,8 @@ class ESpikeFormer(nnx.Module):
     self.block3 = blocks(c2, c.block_depths[0])
     self.downsample4 = DownSampling(c2, c3, spike, stride=s[4], **kw)
     self.block4 = blocks(c3, c.block_depths[1])
+    if not c.num_classes:   # a backbone (dense prediction): no classification head
+      return
     self.head_spike = make_neuron(spike, head=True)
     if c.head_init == "trunc_normal":
       head_kernel = jax.nn.initializers.truncated_normal(0.02)
@@ -352,9 +382,35 @@ class ESpikeFormer(nnx.Module):
     return jnp.mean(logits.reshape((T, -1) + logits.shape[1:]).astype(jnp.float32), axis=0)
 
   def __call__(self, x):
+    if not self.config.num_classes:
+      raise TypeError("this backbone was built with num_classes=0 (no classification head): "
+                      "call model.features(x) for its multi-scale feature maps.")
     return self.head_logits(self.forward_features(x))
 
   def stage_features(self, x) -> dict[str, Array]:
     """Per-stage feature maps (NHWC, time-merged) keyed by ``STAGES`` names."""
     _, stages = self.forward_features(x, return_stages=True)
     return stages
+
+  def features(self, x, taps=tuple(FEATURE_TAPS)) -> dict[str, Array]:
+    """The real-valued residual stream at each of ``taps`` (``FEATURE_TAPS``; addendum C.1),
+    NHWC with the merged ``T * B`` leading axis; stages past the deepest tap are not run."""
+    tap_strides(self.config.strides, taps)
+    wanted = {FEATURE_TAPS[t][0]: t for t in taps}
+    self.check_input(x)
+    x, _ = self._merge_time(x)
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    out = {}
+    for name in STAGES:
+      layer = getattr(self, name)
+      if isinstance(layer, nnx.List):
+        for blk in layer:
+          x = blk(x)
+      else:
+        x = layer(x)
+      if name in wanted:
+        out[wanted[name]] = x
+        if len(out) == len(wanted):
+          break
+    return {t: out[t] for t in taps}

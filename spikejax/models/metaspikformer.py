@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spikejax.models.espikeformer import MLP, DownSampling, ESpikeFormer
+from spikejax.models.espikeformer import (MLP, DownSampling, ESpikeFormer,
+                                         check_head_and_channels)
 from spikejax.models.layers import BatchNorm, Linear, SpikeConfig, conv2d, make_neuron
 from spikejax.spiking.synapse import spike_einsum
 
@@ -222,9 +223,7 @@ class MetaSpikformerConfig:
     if len(self.strides) != 5 or any(s not in (1, 2) for s in self.strides):
       raise ValueError(f"strides must be 5 values in {{1, 2}} (downsample1_1, downsample1_2, "
                        f"downsample2, downsample3, downsample4), got {self.strides}.")
-    if self.num_classes < 1 or self.in_channels < 1:
-      raise ValueError(f"num_classes and in_channels must be >= 1, got {self.num_classes}, "
-                       f"{self.in_channels}.")
+    check_head_and_channels(self.num_classes, self.in_channels)
     if not isinstance(self.kd, bool):
       raise ValueError(f"kd must be a boolean, got {self.kd!r}.")
     for d in self.embed_dims[2:]:
@@ -270,6 +269,9 @@ class MetaSpikformer(nnx.Module):
     self.block3 = blocks(c2, c.block_depths[0])
     self.downsample4 = DownSampling(c2, c3, spike, stride=s[4], **kw)
     self.block4 = blocks(c3, c.block_depths[1])
+    self.deterministic = False  # train mode; model.eval() sets True
+    if not c.num_classes:   # a backbone (dense prediction): no classification head
+      return
     self.head_spike = make_neuron(spike, head=True)
     head_kw = dict(kernel_init=jax.nn.initializers.truncated_normal(0.02),
                    bias_init=jax.nn.initializers.zeros, dtype=dtype, param_dtype=param_dtype,
@@ -277,7 +279,6 @@ class MetaSpikformer(nnx.Module):
     self.head = Linear(c3, c.num_classes, **head_kw)
     if c.kd:
       self.head_kd = Linear(c3, c.num_classes, **head_kw)
-    self.deterministic = False  # train mode; model.eval() sets True
 
   # The same stage layout, input handling and stage outputs as E-SpikeFormer (spec §2.2): its
   # methods, not copies (they read only config.in_channels, spike.time_steps, dtype, STAGES).
@@ -285,6 +286,7 @@ class MetaSpikformer(nnx.Module):
   _merge_time = ESpikeFormer._merge_time
   forward_features = ESpikeFormer.forward_features
   stage_features = ESpikeFormer.stage_features
+  features = ESpikeFormer.features
 
   def head_logits(self, x):
     """Mean over H, W -> SN -> ``head`` [and ``head_kd``] -> mean over T (addendum A.2)."""
@@ -303,5 +305,4 @@ class MetaSpikformer(nnx.Module):
       return (logits + logits_kd) / 2
     return logits, logits_kd
 
-  def __call__(self, x):
-    return self.head_logits(self.forward_features(x))
+  __call__ = ESpikeFormer.__call__

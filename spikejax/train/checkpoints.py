@@ -358,11 +358,18 @@ def transfer_weights(values: dict[str, Any], model) -> dict[str, list[str]]:
   """Loads every parameter and BN statistic of ``model`` found in ``values`` (same name),
   like PyTorch's ``load_state_dict(strict=False)``: MIM -> finetuning keeps the encoder and
   its BN statistics, drops the decoder, ``norm``, ``pos_embed``, ``mask_token``, and leaves
-  the layer scales and heads at their fresh init (spec §4.2 "Weight transfer").
+  the layer scales and heads at their fresh init (spec §4.2 "Weight transfer"). A model with a
+  ``CHECKPOINT_PREFIX`` (a segmentation model's ``backbone/``) takes a classification model's
+  values under that prefix: the backbone loads, its classifier is dropped, the neck, the head
+  and the layer scales stay fresh (addendum B.3, trap 6).
 
   A name found with another shape is an error (PyTorch raises too, spec §8 trap 6); nothing
   is loaded then. Returns ``{"loaded", "fresh", "dropped"}`` name lists.
   """
+  prefix = getattr(model, "CHECKPOINT_PREFIX", "")
+  if prefix and not any(k.startswith(prefix) for k in values):
+    # a classification model's values into a dense model's backbone (``SemanticFPN``)
+    values = {prefix + k: v for k, v in values.items()}
   flat = nnx.to_flat_state(_model_vars(model))
   loaded, fresh, wrong = [], [], []
   for path, var in flat:
@@ -396,6 +403,16 @@ def transfer_weights(values: dict[str, Any], model) -> dict[str, list[str]]:
   return {"loaded": loaded, "fresh": fresh, "dropped": dropped}
 
 
+def _classifier_bias(values) -> str:
+  """The key of the output layer's bias (its length is the number of classes): ``head/bias``
+  of a classifier, ``decode_head/conv_seg/bias`` of a segmentation model."""
+  for key in ("head/bias", "decode_head/conv_seg/bias"):
+    if key in values:
+      return key
+  raise ValueError("the checkpoint has no classifier (head/bias) nor segmentation head "
+                   "(decode_head/conv_seg/bias): it is not a model load_trained can rebuild.")
+
+
 def load_trained(path: str, *, use_ema: bool = False, **overrides):
   """A trained model from a model directory (``model.json``) or a training workdir.
 
@@ -422,7 +439,7 @@ def load_trained(path: str, *, use_ema: bool = False, **overrides):
     if "ema" not in restored:
       raise ValueError(f"{ckpt_dir}/{step} has no EMA weights (config.ema_decay was 0).")
     values.update({k: v for k, v in restored["ema"].items() if k in values})
-  num_classes = int(np.shape(values["head/bias"])[0])
+  num_classes = int(np.shape(values[_classifier_bias(values)])[0])
   model = from_config.create_from_config(config, num_classes=num_classes, rngs=nnx.Rngs(0),
                                          **overrides)
   _assign(model, {k: jax.numpy.asarray(v) for k, v in values.items()})

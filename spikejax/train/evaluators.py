@@ -77,6 +77,11 @@ class TaskEvaluator(Evaluator):
     for k in self.task.logged:
       out.scalars[f"{self.prefix}/{k}"] = metrics[k]
       out.row[self.key(k, self.task.row_name(k))] = metrics[k]
+    for fname, content in self.task.result_files(metrics).items():
+      if self.prefix != "eval":
+        stem, dot, ext = fname.rpartition(".")
+        fname = f"{stem}_{self.prefix}.{ext}" if dot else f"{fname}_{self.prefix}"
+      out.files[fname] = {"step": step, "epoch": epoch, **content}
     return out
 
 
@@ -247,8 +252,9 @@ def evaluate(model, eval_step, ds, mesh, max_steps=None, *, task, firing: bool =
         out = jax.device_get(eval_step(model, sharding_lib.shard_batch(batch, mesh),
                                        jnp.asarray(i, jnp.int32)))
       for key, v in out.items():
-        if key not in ("firing", "maps"):
-          totals[key] = totals.get(key, 0.0) + float(v)
+        if key not in ("firing", "maps"):   # scalars, or arrays such as a confusion matrix
+          v = np.asarray(v, np.float64)
+          totals[key] = totals.get(key, 0.0) + (float(v) if v.ndim == 0 else v)
       for key, v in out.get("firing", {}).items():
         hists[key] = hists.get(key, 0) + np.asarray(v, np.float64)
       if k:

@@ -262,6 +262,44 @@ def warmup_cosine_schedule(base_lr: float, *, total_steps: int, warmup_steps: in
   return schedule
 
 
+def warmup_poly_schedule(base_lr: float, *, total_steps: int, warmup_steps: int,
+                         power: float = 1.0, min_lr: float = 0.0,
+                         warmup_start_factor: float = 1e-6) -> optax.Schedule:
+  """mmseg's ``LinearLR`` warm-up then ``PolyLR`` (addendum B.3: factor 1e-6 -> 1 over 1500
+  iterations, then power 1.0 to 0 at 160k), per iteration t from 0:
+
+  lr(t) = base_lr * (f + (1 - f) * t / w) for t < w (f = warmup_start_factor), then
+  min_lr + (base_lr - min_lr) * (1 - (t - w) / (T - w)) ** power, and min_lr from T on.
+  """
+  w, total = int(warmup_steps), int(total_steps)
+  if w < 0 or total <= 0:
+    raise ValueError(f"need warmup_steps >= 0 and total_steps > 0, got {w}, {total}")
+  span = max(total - w, 1)
+  f = float(warmup_start_factor)
+
+  def schedule(count):
+    t = jnp.asarray(count, jnp.float32)
+    warm = base_lr * (f + (1.0 - f) * t / max(w, 1))
+    frac = jnp.clip((t - w) / span, 0.0, 1.0)
+    poly = min_lr + (base_lr - min_lr) * (1.0 - frac) ** power
+    return jnp.where(t < w, warm, poly)
+
+  return schedule
+
+
+def lr_mult_scales(params: PyTree, mults) -> PyTree:
+  """Per-leaf lr multipliers (mmseg's ``paramwise_cfg.custom_keys`` ``lr_mult``): a leaf whose
+  ``/``-joined path contains a key of ``mults`` gets that key's multiplier (the longest
+  matching key wins), others 1.0; a pytree of floats shaped like ``params`` (an ``lr_scale``)."""
+  def scale(kp) -> float:
+    name = "/".join(str(k) for k in normalize_path(kp))
+    hits = [k for k in mults if k in name]
+    return float(mults[max(hits, key=len)]) if hits else 1.0
+
+  return jax.tree_util.tree_map_with_path(lambda kp, _: scale(kp), params,
+                                          is_leaf=_is_variable)
+
+
 # --------------------------------------------------------------------------------------------
 # layer-wise lr decay (spec §4.3)
 

@@ -30,7 +30,7 @@ from spikejax.train import sharding as sharding_lib
 from spikejax.train import tasks as tasks_lib
 
 OPTIMIZERS = ("adamw", "lamb")
-SCHEDULES = ("warmup_cosine", "constant")
+SCHEDULES = ("warmup_cosine", "constant", "warmup_poly")
 
 
 # run settings that count something: at least 1 (None: unset, where the config allows it)
@@ -140,6 +140,9 @@ def make_schedule(config, total_steps: int, steps_per_epoch: int) -> Callable:
     lr = float(oc.lr)
     return lambda step: lr
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  if oc.get("schedule") == "warmup_poly":   # mmseg LinearLR + PolyLR (addendum B.3)
+    return optim.warmup_poly_schedule(oc.lr, total_steps=total_steps, warmup_steps=warmup,
+                                      power=oc.get("poly_power", 1.0), min_lr=config.min_lr)
   return optim.warmup_cosine_schedule(oc.lr, total_steps=total_steps, warmup_steps=warmup,
                                       min_lr=config.min_lr)
 
@@ -170,6 +173,9 @@ def make_tx(config, model, schedule: Callable):
       num_layers = model.config.depth + 1
       layer_id = lambda p: optim.large_layer_id(p, num_layers=num_layers)
     lr_scale = optim.layer_decay_scales(params, num_layers, oc.layer_decay, layer_id)
+  if oc.get("lr_mult"):   # {"decode_head": 2.0}: mmseg custom_keys lr_mult (addendum B.3)
+    mult = optim.lr_mult_scales(params, dict(oc.lr_mult))
+    lr_scale = mult if lr_scale is None else jax.tree.map(lambda a, b: a * b, lr_scale, mult)
   if oc.name == "adamw":
     # ``decay_all``: weight decay on every tensor (the MIM recipe, spec §4.2 / §8 trap 7)
     mask = None if oc.get("decay_all", False) else optim.weight_decay_mask

@@ -1,4 +1,5 @@
-"""Training tasks: ``classify``, ``distill`` (classification with a teacher), ``mim``.
+"""Training tasks: ``classify``, ``distill`` (classification with a teacher), ``mim``,
+``segment`` (semantic segmentation).
 
 ``get_task(name)`` / ``TASKS`` is the table; ``from_config(config)`` the task a config runs
 (``config.task``, default ``classify``; ``classify`` with ``config.distill.teacher`` is
@@ -11,6 +12,7 @@ from spikejax.train.tasks.base import (DEFAULT_TASK, TASKS, Task, check_model, f
 import spikejax.train.tasks.classify  # noqa: F401,E402  (the tasks register themselves)
 import spikejax.train.tasks.distill  # noqa: F401,E402
 import spikejax.train.tasks.mim  # noqa: F401,E402
+import spikejax.train.tasks.segment  # noqa: F401,E402
 
 __all__ = ["DEFAULT_TASK", "TASKS", "Task", "check_model", "from_config", "get_task",
            "register", "unregister"]

@@ -80,6 +80,12 @@ class Task:
     """Metrics of one evaluation from the sums of ``eval_fn`` over every batch."""
     raise NotImplementedError(f"task {self.name!r} defines no aggregate")
 
+  def result_files(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON files (``{name: content}``) of one evaluation beyond the logged scalars (e.g.
+    per-class results); written into the workdir by the main loop. Default none."""
+    del metrics
+    return {}
+
   def describe(self, metrics: Mapping[str, Any]) -> str:
     """One line of an evaluation's results for the progress log."""
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in self.logged if metrics.get(k) is not None)
