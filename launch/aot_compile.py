@@ -175,9 +175,9 @@ def _dataset_spec(name: str):
 def data_spec(config) -> tuple[int, tuple[int, ...]]:
   """``(num_classes, image_shape)`` of the train batches, as the input pipeline makes them."""
   spec = _dataset_spec(config.dataset)
-  if config.get("frames") is not None or spec.kind != "image":
-    raise AotError(f"dataset {config.dataset!r}: aot_compile knows the image data sets (not "
-                   f"event frames).")
+  if config.get("frames") is not None or spec.kind not in ("image", "segmentation"):
+    raise AotError(f"dataset {config.dataset!r}: aot_compile knows the image and "
+                   f"segmentation data sets (not event frames).")
   return spec.num_classes, tuple(spec.example_shape(config.image_size or None,
                                                     config.channels or None))
 

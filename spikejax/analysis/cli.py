@@ -49,7 +49,9 @@ def eval_batches(config, args, image_size: int | None = None) -> Iterator[dict]:
                             data_dir=config.data_dir, train=False, seed=config.seed,
                             image_size=image_size or config.image_size,
                             channels=config.get("channels"),
-                            frames=_plain(config.get("frames")))
+                            frames=_plain(config.get("frames")),
+                            # a segmentation set's eval options (resize, canvas) live here
+                            augment=_plain(config.get("augment", "default")))
   for i, batch in enumerate(ds):
     if i >= args.batches:
       break

@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     kw = {} if args.in_channels is None else {"in_channels": args.in_channels}
     model = create_model(args.model, num_classes=args.num_classes, rngs=nnx.Rngs(0), **kw)
   size = args.resolution or (config.image_size if config is not None else 224)
-  shape = (1, size, size, model.config.in_channels)
+  backbone = getattr(model, "backbone", model)     # dense models: the backbone's input
+  shape = (1, size, size, backbone.config.in_channels)
   model.check_input(np.zeros(shape, np.float32))
   if config is not None:
     stats = firing_lib.collect(model, cli.eval_batches(config, args, size))

@@ -86,6 +86,8 @@ def collect(model: nnx.Module, batches: Iterable, *, max_batches: int | None = N
       images, labels, mask = batch["image"], batch.get("label"), batch.get("mask")
     else:
       images, labels, mask = batch, None, None
+    if labels is not None and np.ndim(labels) != 1:   # class maps: no image accuracy
+      labels = None
     if mask is not None:  # drop the eval pipeline's padding rows (one extra compile at most)
       keep = np.asarray(mask).astype(bool)
       if not keep.all():

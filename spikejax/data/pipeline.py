@@ -16,6 +16,8 @@ from spikejax.data.batching import Batch, Dataset, check_sharding, eval_batch, r
 from spikejax.data.event_pipeline import EventDataset, FrameConfig, frame_config
 from spikejax.data.images import ImageDataset, load_split_arrays
 from spikejax.data.registry import DATASETS, EVENT_SPECS, SPECS, DatasetSpec, get_spec
+from spikejax.data.seg_augment import SegPipelineConfig, seg_pipeline_config
+from spikejax.data.seg_pipeline import SegmentationDataset
 
 __all__ = [
     "AugmentConfig", "Batch", "DATASETS", "Dataset", "DatasetSpec", "EVENT_SPECS",
@@ -68,6 +70,18 @@ def get_dataset(name: str | DatasetSpec, *, split: str, batch_size: int,
   """
   spec = name if isinstance(name, DatasetSpec) else get_spec(name)
   process_index, process_count = resolve_process(process_index, process_count)
+  if spec.kind == "segmentation":
+    if frames is not None:
+      raise ValueError(f"frames= applies to event data sets, not {spec.name!r}")
+    # eval keeps the pipeline's label mapping, eval resize and canvas, no random op
+    pipe = seg_pipeline_config(augment, spec.seg)
+    if not train:
+      pipe = SegPipelineConfig.none(pipe)
+    return SegmentationDataset(spec, split=split, batch_size=batch_size, data_dir=data_dir,
+                               train=train, seed=seed, image_size=image_size, augment=pipe,
+                               process_index=process_index, process_count=process_count,
+                               channels=channels, num_epochs=num_epochs, download=download,
+                               num_workers=num_workers, prefetch=prefetch)
   augment = augment_config(augment, spec.augment) if train else None
   common = dict(split=split, batch_size=batch_size, data_dir=data_dir, train=train, seed=seed,
                 augment=augment, process_index=process_index, process_count=process_count,

@@ -26,9 +26,10 @@ from typing import Any, Callable, Iterator, Mapping
 from spikejax.data import fashion_mnist as fmnist
 from spikejax.data import transforms as T
 from spikejax.data.augment import AugmentConfig
+from spikejax.data.seg_augment import SegPipelineConfig
 from spikejax.data.sources import Source, TfdsBuilder
 
-KINDS = ("image", "event")
+KINDS = ("image", "event", "segmentation")
 FITS = ("pad", "resize", "center_crop")
 EVENT_FORMATS = ("events", "frame_images")
 
@@ -65,6 +66,9 @@ class DatasetSpec:
       metadata, when present, wins).
     event_format: event sets: records hold ``'events'`` (streams binned into frames at read
       time) or ``'frame_images'`` (pre-rendered frames; the HAR-DVS clip of spec section 6.1).
+    seg: segmentation sets: the pipeline (``seg_augment.SegPipelineConfig``: label mapping,
+      the default train augmentation, the eval resize).
+    label_feature: segmentation sets: the record key of the class map.
     description: one line for listings.
   """
   name: str
@@ -80,6 +84,8 @@ class DatasetSpec:
   fit: str = "resize"
   sensor_size: tuple[int, int] | None = None
   event_format: str = "events"
+  seg: SegPipelineConfig = dataclasses.field(default_factory=SegPipelineConfig)
+  label_feature: str = "segmentation"
   description: str = ""
 
   def __post_init__(self):
@@ -107,7 +113,7 @@ class DatasetSpec:
       raise ValueError(f"{where}: augment must be an AugmentConfig, got {self.augment!r}")
     if any(not isinstance(n, int) or n < 0 for n in self.splits.values()):
       raise ValueError(f"{where}: split sizes must be integers >= 0, got {self.splits}")
-    if self.kind == "image":
+    if self.kind in ("image", "segmentation"):
       for key in ("mean", "std"):
         if len(getattr(self, key)) not in (1, c):
           raise ValueError(f"{where}: {key} needs 1 or {c} values, got {getattr(self, key)}")
@@ -143,7 +149,7 @@ class DatasetSpec:
     """Shape of one example of ``get_dataset``'s ``image`` with these overrides: image sets
     ``(S, S, C)``; event sets ``(T, S, S, 2)`` (``time_steps`` required)."""
     s = image_size or self.image_size
-    if self.kind == "image":
+    if self.kind in ("image", "segmentation"):
       return (s, s, channels or self.channels)
     if time_steps is None:
       raise ValueError(f"{self.name}: the shape of an event example needs time_steps "
@@ -288,3 +294,57 @@ register(DatasetSpec(
     augment=AugmentConfig(crop="none", flip=False, label_smoothing=0.1),
     sensor_size=(346, 260), event_format="frame_images",
     description="HAR-DVS pre-rendered DAVIS346 frames (the official clip), manual download"))
+
+
+def _import_seg_datasets() -> Any:
+  """Registers the tfds builder ``fashion_mnist_scenes``."""
+  from spikejax.data import seg_datasets  # pylint: disable=import-outside-toplevel
+  return seg_datasets
+
+
+def _scenes_builder(config: str) -> TfdsBuilder:
+  def prepare(data_dir: str | None) -> str:
+    return _import_seg_datasets().prepare_fashion_mnist_scenes(data_dir, config=config)
+  return TfdsBuilder(tfds_name=f"fashion_mnist_scenes/{config}", setup=_import_seg_datasets,
+                     prepare=prepare, hint="spikejax.data.seg_datasets."
+                     f"prepare_fashion_mnist_scenes(data_dir, config={config!r})")
+
+
+for _name, _config, _splits in [("fashion_mnist_scenes", "s96", {"train": 60000, "test": 10000}),
+                                ("fashion_mnist_scenes_tiny", "tiny", {"train": 256, "test": 64})]:
+  register(DatasetSpec(
+      name=_name, kind="segmentation", num_classes=11, input_shape=(96, 96, 1),
+      builder=_scenes_builder(_config), mean=(fmnist.MEAN,), std=(fmnist.STD,),
+      seg=SegPipelineConfig(flip=True), splits=_splits,
+      description=f"96x96 scenes of 1-4 Fashion-MNIST garments ({_splits['train']} + "
+                  f"{_splits['test']}): class maps (background + 10), instances, boxes; built "
+                  "locally"))
+
+register(DatasetSpec(
+    name="scene_parse150", kind="segmentation", num_classes=150, input_shape=(512, 512, 3),
+    builder=TfdsBuilder(manual=True, hint="`tfds build scene_parse150 --manual_dir=<ADEChallenge"
+                                          "Data2016.zip's directory> --file_format=array_record`"),
+    mean=T.IMAGENET_MEAN, std=T.IMAGENET_STD, label_feature="annotation",
+    # mmseg's ADE20K recipe (addendum B.3): reduce_zero_label, RandomResize (2048, 512) x
+    # 0.5-2.0, RandomCrop 512 (cat_max_ratio 0.75), flip, PhotoMetricDistortion; eval resized
+    # to (2048, 512) keep-ratio, padded onto a 1024 x 1024 canvas (up to 2:1 either way)
+    seg=SegPipelineConfig(reduce_zero_label=True, train_scale=(2048, 512),
+                          ratio_range=(0.5, 2.0), crop_size=512, cat_max_ratio=0.75, flip=True,
+                          photometric=True, eval_scale=(2048, 512), eval_size=(1024, 1024)),
+    splits={"train": 20210, "validation": 2000},
+    description="ADE20K SceneParsing (tfds scene_parse150; 150 classes), manual download"))
+
+
+def _mock_scene_parse150(spec: DatasetSpec, split: str, **kwargs) -> Source:
+  return _import_seg_datasets().mock_scene_parse150(spec, split, **kwargs)
+
+
+register(DatasetSpec(
+    name="scene_parse150_mock", kind="segmentation", num_classes=150, input_shape=(64, 64, 3),
+    builder=_mock_scene_parse150, mean=T.IMAGENET_MEAN, std=T.IMAGENET_STD,
+    label_feature="annotation",
+    seg=SegPipelineConfig(reduce_zero_label=True, train_scale=(128, 32), ratio_range=(0.5, 2.0),
+                          crop_size=64, cat_max_ratio=0.75, flip=True, photometric=True,
+                          eval_scale=(128, 64), eval_size=(128, 128)),
+    splits={"train": 12, "validation": 4},
+    description="12 + 4 synthetic ADE20K-like records in memory (smoke runs and tests)"))

@@ -10,6 +10,7 @@ A *source* is a sized, random-access collection of records (``dict``s) with ``me
 Record layouts by data set kind (``DatasetSpec.kind``):
 
 * ``'image'``: ``{'image': PNG/JPEG bytes or uint8 [H, W, C], 'label': int}``;
+* ``'segmentation'``: ``{'image': ..., <label_feature>: PNG bytes or uint8 [H, W]}``;
 * ``'event'`` (``event_format='events'``): ``{'events': {'t', 'x', 'y', 'p'}, 'label'}``
   (``spikejax.data.event_datasets`` layout); (``'frame_images'``): ``{'frames': [T, H, W(, 1)]
   uint8, 'label'}`` (``har_dvs``).
@@ -260,11 +261,41 @@ def open_tfds_builder(name: str, data_dir: str | None, download: bool, *,
     return builder
   if not download or manual:
     raise not_prepared_error(builder, manual, hint)
-  if prepare is not None:
-    prepare(data_dir)
-  else:
-    builder.download_and_prepare(file_format="array_record")
+  with _build_lock(data_dir, name):   # one builder per data dir; others wait, then read
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+      if prepare is not None:
+        prepare(data_dir)
+      else:
+        builder.download_and_prepare(file_format="array_record")
   return tfds.builder(name, data_dir=data_dir)
+
+
+class _build_lock:
+  """An exclusive ``fcntl`` lock on ``<data dir>/.<name>.lock`` while a data set is built, so
+  processes sharing a data dir (test workers, hosts on one disk) build it once."""
+
+  def __init__(self, data_dir: str | None, name: str):
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    root = os.path.expanduser(root)
+    self.path = os.path.join(root, "." + name.replace("/", "_") + ".lock")
+    self.file = None
+
+  def __enter__(self):
+    import fcntl  # pylint: disable=import-outside-toplevel
+    try:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      self.file = open(self.path, "a")   # noqa: SIM115 - held until __exit__
+    except OSError:   # a read-only or remote data dir: build without the lock
+      return self
+    fcntl.flock(self.file, fcntl.LOCK_EX)
+    return self
+
+  def __exit__(self, *exc):
+    if self.file is not None:
+      import fcntl  # pylint: disable=import-outside-toplevel
+      fcntl.flock(self.file, fcntl.LOCK_UN)
+      self.file.close()
 
 
 def not_prepared_error(builder, manual: bool, hint: str | None) -> FileNotFoundError:
@@ -277,10 +308,11 @@ def not_prepared_error(builder, manual: bool, hint: str | None) -> FileNotFoundE
 def open_tfds_source(name: str, split: str, *, data_dir: str | None = None,
                      download: bool = True, images: bool = True, in_memory: bool = False,
                      prepare: Callable[[str | None], Any] | None = None, manual: bool = False,
-                     hint: str | None = None) -> Source:
+                     hint: str | None = None, encoded: Sequence[str] = ()) -> Source:
   """Split ``split`` of tfds data set ``name`` as a source (``open_tfds_builder`` prepares it).
 
-  ``images``: leave the ``image`` feature encoded (decoded by the pipeline). A data set
+  ``images``: leave the ``image`` feature encoded (decoded by the pipeline); ``encoded``: more
+  features left encoded (a segmentation set's class map). A data set
   prepared without random access (tfrecord) is read whole into an ``ArraySource`` with
   ``as_dataset`` (needs TensorFlow) when ``in_memory``; otherwise that is a ``ValueError``.
   """
@@ -288,7 +320,8 @@ def open_tfds_source(name: str, split: str, *, data_dir: str | None = None,
 
   builder = open_tfds_builder(name, data_dir, download, prepare=prepare, manual=manual,
                               hint=hint)
-  decoders = {"image": tfds.decode.SkipDecoding()} if images else None
+  names = (("image",) if images else ()) + tuple(encoded)
+  decoders = {k: tfds.decode.SkipDecoding() for k in names} or None
   try:
     return TfdsSource(builder, builder.as_data_source(split=split, decoders=decoders), split)
   except NotImplementedError as e:  # tfds' answer for formats without random access
@@ -330,7 +363,8 @@ class TfdsBuilder:
                download: bool = True) -> Source:
     if self.setup is not None:
       self.setup()
+    seg = spec.kind == "segmentation"
     return open_tfds_source(self.tfds_name or spec.name, split, data_dir=data_dir,
-                            download=download, images=spec.kind == "image",
+                            download=download, images=spec.kind == "image" or seg,
                             in_memory=spec.in_memory, prepare=self.prepare, manual=self.manual,
-                            hint=self.hint)
+                            hint=self.hint, encoded=(spec.label_feature,) if seg else ())

@@ -176,7 +176,8 @@ def _plain(value):
 
 
 def _dataset(data_lib, config, split: str, batch_size: int, train: bool):
-  kw = dict(augment=_plain(config.augment)) if train else {}
+  # eval sets read only a segmentation pipeline's eval options (label mapping, resize, canvas)
+  kw = dict(augment=_plain(config.augment))
   if config.get("crop_pct") is not None:    # eval resize S / crop_pct -> center crop S
     kw["crop_pct"] = config.crop_pct
   return data_lib.get_dataset(config.dataset, split=split, batch_size=batch_size,
