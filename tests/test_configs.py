@@ -21,6 +21,8 @@ FILES = {
     "imagenet_mim": [("512", "768"), ("official_order",), ("runlocal",)],
     "mim_fashion_mnist": [("pretrain", "finetune", "scratch"), ("binary",), ("runlocal",)],
     "table5_fashion_mnist": [("e_sfa", "v2_t1", "v2_t4", "v2_sfa"), ("runlocal",)],
+    "seg_fashion_mnist_scenes": [("v2",), ("layer_scale",), ("runlocal",)],
+    "ade20k_semfpn": [("m", "l", "v2"), ("runlocal",)],
 }
 
 # Values of each file's default config (``get_config()``) as they were before configs/common.py.
@@ -87,6 +89,26 @@ PINNED = {
         "spike.time_steps": 1, "spike.spike_max": 4, "spike.rounding": "half_even",
         "model.embed_dims": (24, 48, 96, 128), "model.block_depths": (2, 1),
         "model.strides": (2, 2, 2, 1, 1), "eval_every_steps": 235, "firing_stats": True},
+    "seg_fashion_mnist_scenes": {
+        "task": "segment", "dataset": "fashion_mnist_scenes", "model_name":
+        "semfpn_espikeformer_m", "image_size": 64, "channels": 1, "batch_size": 16,
+        "optimizer.lr": 2e-3, "optimizer.weight_decay": 0.005, "optimizer.decay_all": True,
+        "optimizer.schedule": "warmup_poly", "optimizer.lr_mult.decode_head": 2.0,
+        "min_lr": 0.0, "time_budget_minutes": 29.0, "model.embed_dims": (32, 64, 128, 192),
+        "model.block_depths": (2, 1), "model.neck_channels": 32, "model.layer_scale": None,
+        "spike.spike_max": 4, "spike.rounding": "half_even", "augment.flip": True,
+        "firing_stats": False},
+    "ade20k_semfpn": {   # addendum B.3
+        "task": "segment", "dataset": "scene_parse150", "eval_split": "validation",
+        "model_name": "semfpn_espikeformer_m", "image_size": 512, "batch_size": 16,
+        "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.005, "optimizer.decay_all": True,
+        "optimizer.b2": 0.999, "optimizer.schedule": "warmup_poly",
+        "optimizer.poly_power": 1.0, "optimizer.lr_mult.decode_head": 2.0, "min_lr": 0.0,
+        "num_epochs": 160_000 / 1263, "warmup_epochs": 1_500 / 1263,
+        "eval_every_steps": 2_500, "augment.reduce_zero_label": True,
+        "augment.train_scale": (2048, 512), "augment.ratio_range": (0.5, 2.0),
+        "augment.crop_size": 512, "augment.cat_max_ratio": 0.75, "augment.photometric": True,
+        "augment.eval_scale": (2048, 512), "spike.rounding": "half_even"},
 }
 
 

@@ -1,8 +1,10 @@
 """The analysis notebooks execute end to end (nbclient) on a tiny configuration.
 
-Both notebooks build (once, shared through the cache directory) two tiny Fashion-MNIST models
-(untrained in tiny mode: the analysis code is under test here, not the learning) and read
-everything through the public API; any failing cell fails the test.
+The spike-map and energy notebooks build (once, shared through the cache directory) two tiny
+Fashion-MNIST models, the segmentation notebook the untrained ``runlocal`` model of
+configs/seg_fashion_mnist_scenes.py on the ``tiny`` scenes set (untrained in tiny mode: the
+analysis code is under test here, not the learning); all read everything through the public
+API; any failing cell fails the test.
 Needs the Debian Fashion-MNIST files (``launch/setup.sh`` installs them).
 """
 
@@ -16,8 +18,11 @@ from nbclient import NotebookClient
 from spikejax.data import fashion_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["spike_maps.ipynb", "energy.ipynb"]
-FIGURES = {"spike_maps.ipynb": 3, "energy.ipynb": 1}    # matplotlib figures each one draws
+NOTEBOOKS = ["spike_maps.ipynb", "energy.ipynb", "segmentation.ipynb"]
+FIGURES = {"spike_maps.ipynb": 3, "energy.ipynb": 1,    # matplotlib figures each one draws
+           "segmentation.ipynb": 3}
+MARKER = {"spike_maps.ipynb": "SFA model:", "energy.ipynb": "SFA model:",
+          "segmentation.ipynb": "SEG model:"}
 
 
 def _have_data():
@@ -41,6 +46,7 @@ def test_notebook_executes(name, cache, monkeypatch):
   monkeypatch.setenv("SPIKEJAX_NOTEBOOK_CACHE", cache)
   monkeypatch.delenv("SPIKEJAX_CHECKPOINT_SFA", raising=False)
   monkeypatch.delenv("SPIKEJAX_CHECKPOINT_VANILLA", raising=False)
+  monkeypatch.delenv("SPIKEJAX_CHECKPOINT_SEG", raising=False)
   # the kernel's inline backend: figures become image/png outputs (what the test counts)
   monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
   # one CPU device in the kernel (the suite's 8 fake devices are for sharding tests)
@@ -51,11 +57,11 @@ def test_notebook_executes(name, cache, monkeypatch):
   client.execute()   # raises CellExecutionError naming the failing cell
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
   text = "".join(o.get("text", "") for o in outputs)
-  assert "SFA model:" in text
+  assert MARKER[name] in text
   # what they show: every figure rendered, and the Proposition 1 difference
   figures = sum("image/png" in o.get("data", {}) for o in outputs)
   assert figures == FIGURES[name], (name, figures)
-  if name == "spike_maps.ipynb":
+  if name in ("spike_maps.ipynb", "segmentation.ipynb"):
     import re
     diff = float(re.search(r"logit difference (\S+)", text).group(1))
     assert diff < 1e-9, diff       # float64: spike-driven == integer (half_up rounding)
