@@ -19,7 +19,7 @@ checkpoint: ``--config.init_from`` a ``spikejax.convert`` model directory of the
 ``.pth`` or a classification workdir; the layer scales stay at 1e-6 (trap 6).
 
 Arguments: ``m`` | ``l`` | ``v2`` (the model), ``runlocal`` (a few steps at 64 px on
-``scene_parse150_mock``: 12 + 4 synthetic ADE20K-like examples of varied sizes made in memory).
+``scene_parse150_mock``: 24 + 4 synthetic ADE20K-like examples of varied sizes made in memory).
 """
 
 import ml_collections

@@ -12,6 +12,7 @@ import spikejax.data as D
 from spikejax.data import registry as R
 from spikejax.data import sources
 from spikejax.data.augment import AugmentConfig
+from spikejax.data.seg_augment import SegPipelineConfig
 
 DATA_DIR = pathlib.Path(D.__file__).parent
 
@@ -24,7 +25,8 @@ def test_every_registered_spec_is_consistent():
   assert {"fashion_mnist", "cifar10", "imagenet2012", "event_fashion_mnist", "cifar10_dvs",
           "har_dvs"} <= set(names)
   assert sorted(D.DATASETS) == names == sorted(D.list_datasets("image") +
-                                               D.list_datasets("event"))
+                                               D.list_datasets("event") +
+                                               D.list_datasets("segmentation"))
   assert sorted(D.SPECS) == D.list_datasets("image")
   assert sorted(D.EVENT_SPECS) == D.list_datasets("event")
   for name in names:
@@ -36,7 +38,12 @@ def test_every_registered_spec_is_consistent():
     assert h == w >= 1 and c >= 1 and (spec.image_size, spec.channels) == (h, c)
     assert isinstance(spec.augment, AugmentConfig)
     assert all(isinstance(n, int) and n > 0 for n in spec.splits.values())
-    if spec.kind == "image":
+    if spec.kind == "segmentation":
+      assert name not in D.SPECS and name not in D.EVENT_SPECS
+      assert len(spec.mean) in (1, c) and len(spec.std) in (1, c)
+      assert isinstance(spec.seg, SegPipelineConfig) and spec.label_feature
+      assert spec.example_shape() == (h, w, c)
+    elif spec.kind == "image":
       assert name in D.SPECS and name not in D.EVENT_SPECS
       assert len(spec.mean) in (1, c) and len(spec.std) in (1, c)
       assert all(0 < m < 1 for m in spec.mean) and all(0 < s < 1 for s in spec.std)

@@ -346,5 +346,5 @@ register(DatasetSpec(
     seg=SegPipelineConfig(reduce_zero_label=True, train_scale=(128, 32), ratio_range=(0.5, 2.0),
                           crop_size=64, cat_max_ratio=0.75, flip=True, photometric=True,
                           eval_scale=(128, 64), eval_size=(128, 128)),
-    splits={"train": 12, "validation": 4},
-    description="12 + 4 synthetic ADE20K-like records in memory (smoke runs and tests)"))
+    splits={"train": 24, "validation": 4},
+    description="24 + 4 synthetic ADE20K-like records in memory (smoke runs and tests)"))

@@ -106,14 +106,14 @@ def prepare_fashion_mnist_scenes(data_dir: str | None = None, *, config: str = "
 
 
 def mock_scene_parse150(spec, split: str, *, data_dir=None, download=True):
-  """``scene_parse150_mock``: 12 train / 4 validation synthetic ADE20K-like records made in
+  """``scene_parse150_mock``: 24 train / 4 validation synthetic ADE20K-like records made in
   memory (RGB images of four sizes, portrait and landscape; ``annotation`` maps of 0..150, 0
   being ADE20K's "other"), a pure function of the split. For smoke runs and tests of the
   ADE20K pipeline where the real data cannot be had."""
   del spec, data_dir, download
   from spikejax.data.sources import RecordSource   # pylint: disable=import-outside-toplevel
   base = split.split("[")[0]
-  n = {"train": 12, "validation": 4}.get(base)
+  n = {"train": 24, "validation": 4}.get(base)
   if n is None:
     raise ValueError(f"scene_parse150_mock has splits 'train' and 'validation', got {split!r}")
   sizes = [(96, 128), (128, 96), (80, 80), (100, 150)]
