@@ -356,13 +356,13 @@ class ESpikeFormer(nnx.Module):
     return x.reshape((-1,) + x.shape[2:]), x.shape[1]
 
   # ------------------------------------------------------------------ forward
-  def forward_features(self, x, *, return_stages: bool = False):
-    """The residual stream after block4, ``(T*B, h, w, c3)``; optionally every stage output."""
+  def _stages(self, x):
+    """Checks and time-merges the input, then yields ``(stage name, output)`` per stage of
+    ``STAGES`` (a caller may stop early)."""
     self.check_input(x)
-    x, batch = self._merge_time(x)
+    x, _ = self._merge_time(x)
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    stages = {}
     for name in STAGES:
       layer = getattr(self, name)
       if isinstance(layer, nnx.List):
@@ -370,6 +370,12 @@ class ESpikeFormer(nnx.Module):
           x = blk(x)
       else:
         x = layer(x)
+      yield name, x
+
+  def forward_features(self, x, *, return_stages: bool = False):
+    """The residual stream after block4, ``(T*B, h, w, c3)``; optionally every stage output."""
+    stages = {}
+    for name, x in self._stages(x):
       if return_stages:
         stages[name] = x
     return (x, stages) if return_stages else x
@@ -397,18 +403,8 @@ class ESpikeFormer(nnx.Module):
     NHWC with the merged ``T * B`` leading axis; stages past the deepest tap are not run."""
     tap_strides(self.config.strides, taps)
     wanted = {FEATURE_TAPS[t][0]: t for t in taps}
-    self.check_input(x)
-    x, _ = self._merge_time(x)
-    if self.dtype is not None:
-      x = x.astype(self.dtype)
     out = {}
-    for name in STAGES:
-      layer = getattr(self, name)
-      if isinstance(layer, nnx.List):
-        for blk in layer:
-          x = blk(x)
-      else:
-        x = layer(x)
+    for name, x in self._stages(x):
       if name in wanted:
         out[wanted[name]] = x
         if len(out) == len(wanted):

@@ -284,6 +284,7 @@ class MetaSpikformer(nnx.Module):
   # methods, not copies (they read only config.in_channels, spike.time_steps, dtype, STAGES).
   check_input = ESpikeFormer.check_input
   _merge_time = ESpikeFormer._merge_time
+  _stages = ESpikeFormer._stages
   forward_features = ESpikeFormer.forward_features
   stage_features = ESpikeFormer.stage_features
   features = ESpikeFormer.features

@@ -32,24 +32,31 @@ class Variant:
 _SPIKE_FIELDS = {f.name for f in dataclasses.fields(SpikeConfig)}
 
 
+def _route(overrides: dict, groups: list[tuple[str, set, dict]], label: str) -> None:
+  """Puts each override (lists as tuples) into the dict of the first ``(name, fields, dict)``
+  group whose fields hold it; anything else is a TypeError naming ``label`` and every group's
+  options."""
+  for k, v in overrides.items():
+    v = tuple(v) if isinstance(v, list) else v
+    for _, fields, target in groups:
+      if k in fields:
+        target[k] = v
+        break
+    else:
+      options = ", ".join(f"{name} options are {sorted(fields)}" for name, fields, _ in groups)
+      raise TypeError(f"unknown option {k!r} for {label}; {options}.")
+
+
 def _builder(model_cls, config_cls, label: str) -> Callable[..., nnx.Module]:
   """A ``Variant.build`` for a family whose model takes ``(config_cls(...), SpikeConfig)``:
   each override goes to the model config or the neuron spec; anything else is a TypeError
   naming ``label`` and the valid options."""
   def build(config: dict, spike: dict, *, num_classes, rngs, dtype=None, param_dtype=None,
             **overrides):
-    cfg_fields = {f.name for f in dataclasses.fields(config_cls)}
+    cfg_fields = {f.name for f in dataclasses.fields(config_cls)} - {"num_classes"}
     cfg = dict(config, num_classes=num_classes)
     spk = dict(spike)
-    for k, v in overrides.items():
-      if k in cfg_fields:
-        cfg[k] = tuple(v) if isinstance(v, list) else v
-      elif k in _SPIKE_FIELDS:
-        spk[k] = v
-      else:
-        raise TypeError(f"unknown option {k!r} for {label}; model options are "
-                        f"{sorted(cfg_fields - {'num_classes'})}, neuron options are "
-                        f"{sorted(_SPIKE_FIELDS)}.")
+    _route(overrides, [("model", cfg_fields, cfg), ("neuron", _SPIKE_FIELDS, spk)], label)
     kw = {} if param_dtype is None else {"param_dtype": param_dtype}
     return model_cls(config_cls(**cfg), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
   build.config_cls = config_cls     # read by from_config.total_stride
@@ -125,18 +132,8 @@ def _build_spikmae(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
       "num_classes", "kd", "layer_scale", "drop_path_rate", "drop_path_per"}
   mim_fields = {f.name for f in dataclasses.fields(MIMConfig)}
   enc, mim, spk = dict(config), {}, dict(spike)
-  for k, v in overrides.items():
-    v = tuple(v) if isinstance(v, list) else v
-    if k in enc_fields:
-      enc[k] = v
-    elif k in mim_fields:
-      mim[k] = v
-    elif k in _SPIKE_FIELDS:
-      spk[k] = v
-    else:
-      raise TypeError(f"unknown option {k!r} for a MIM Spikmae; encoder options are "
-                      f"{sorted(enc_fields)}, MIM options are {sorted(mim_fields)}, neuron "
-                      f"options are {sorted(_SPIKE_FIELDS)}.")
+  _route(overrides, [("encoder", enc_fields, enc), ("MIM", mim_fields, mim),
+                     ("neuron", _SPIKE_FIELDS, spk)], "a MIM Spikmae")
   kw = {} if param_dtype is None else {"param_dtype": param_dtype}
   return SpikMAE(SpikformerConfig(**enc, layer_scale=None, drop_path_rate=0.0, kd=False),
                  MIMConfig(**mim), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
@@ -183,18 +180,8 @@ def _build_semfpn(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
   bb_fields = {f.name for f in dataclasses.fields(config_cls)} - {"num_classes"}
   fpn = {k: config.pop(k) for k in list(config) if k in fpn_fields}
   bb, spk = dict(config, num_classes=0), dict(spike)
-  for k, v in overrides.items():
-    v = tuple(v) if isinstance(v, list) else v
-    if k in fpn_fields:
-      fpn[k] = v
-    elif k in bb_fields:
-      bb[k] = v
-    elif k in _SPIKE_FIELDS:
-      spk[k] = v
-    else:
-      raise TypeError(f"unknown option {k!r} for a Semantic FPN; backbone options are "
-                      f"{sorted(bb_fields)}, neck/head options are {sorted(fpn_fields)}, "
-                      f"neuron options are {sorted(_SPIKE_FIELDS)}.")
+  _route(overrides, [("neck/head", fpn_fields, fpn), ("backbone", bb_fields, bb),
+                     ("neuron", _SPIKE_FIELDS, spk)], "a Semantic FPN")
   kw = {} if param_dtype is None else {"param_dtype": param_dtype}
   backbone = model_cls(config_cls(**bb), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
   return SemanticFPN(backbone, SemanticFPNConfig(num_classes=num_classes, **fpn), dtype=dtype,
