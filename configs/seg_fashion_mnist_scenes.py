@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.head_channels = 32
   # none by default: trained from scratch here, not from ImageNet (measured: docs/segmentation.md);
   # ``layer_scale`` gives the official seg backbone's layer scales (1e-6, trap 6)
-  c.model.layer_scale = 1e-6 if a.layer_scale else None
+  if not a.v2:                                  # the V2 backbone has no layer scales
+    c.model.layer_scale = 1e-6 if a.layer_scale else None
   if a.v2:
     c.mode = "vanilla"                          # binary LIF (tau 2, hard reset), T = 1
     c.spike.time_steps = 1

@@ -90,3 +90,21 @@ def test_ade20k_runlocal_on_mock_data(tmp_path):
   # canvas: the labelled pixels only
   assert 0 < conf.sum() < 4 * 128 * 128
   assert seg["examples"] == 4
+
+
+@pytest.mark.parametrize("name,arg", [("seg_fashion_mnist_scenes", a) for a in
+                                      ("", "v2", "layer_scale", "runlocal", "v2,runlocal")] +
+                         [("ade20k_semfpn", a) for a in ("m", "l", "v2", "runlocal")])
+def test_every_segmentation_config_builds_its_model(name, arg):
+  """Each config argument gives a model the registry builds (shapes only)."""
+  import importlib
+  from flax import nnx
+  from spikejax.data import get_spec
+  from spikejax.models import from_config
+  c = importlib.import_module(f"configs.{name}").get_config(arg)
+  n = get_spec(c.dataset).num_classes
+  model = nnx.eval_shape(lambda: from_config.create_from_config(c, num_classes=n,
+                                                                rngs=nnx.Rngs(0)))
+  assert model.config.num_classes == n
+  assert (model.backbone.config.embed_dims == tuple(c.model.embed_dims)
+          if "embed_dims" in c.model else True)
