@@ -91,6 +91,16 @@ class Dataset:
     self._pool = None
     self._perm_cache: tuple[int, np.ndarray] | None = None
 
+  def _init_pixels(self, spec, image_size: int | None, channels: int | None) -> None:
+    """``image_size``, ``channels`` (the stored ones, or 3 replicating a grey channel) and the
+    per-channel ``mean``/``std`` of an image or segmentation set."""
+    self.image_size = image_size or spec.image_size
+    self.channels = channels or spec.channels
+    if self.channels not in (spec.channels, 3):
+      raise ValueError(f"{spec.name}: channels must be {spec.channels} or 3")
+    self.mean = np.broadcast_to(np.asarray(spec.mean, np.float32), (spec.channels,))
+    self.std = np.broadcast_to(np.asarray(spec.std, np.float32), (spec.channels,))
+
   def _set_shard(self, n: int) -> None:
     """This process's contiguous shard of the ``n`` examples and the steps per epoch."""
     p, count = self.process_index, self.process_count

@@ -64,13 +64,8 @@ class ImageDataset(Dataset):
     self._init_common(spec, split=split, batch_size=batch_size, train=train, seed=seed,
                       process_index=process_index, process_count=process_count,
                       num_epochs=num_epochs, num_workers=num_workers, prefetch=prefetch)
-    self.image_size = image_size or spec.image_size
-    self.channels = channels or spec.channels
-    if self.channels not in (spec.channels, 3):
-      raise ValueError(f"{spec.name}: channels must be {spec.channels} or 3")
+    self._init_pixels(spec, image_size, channels)
     self.image_shape = spec.example_shape(self.image_size, self.channels)
-    self.mean = np.broadcast_to(np.asarray(spec.mean, np.float32), (spec.channels,))
-    self.std = np.broadcast_to(np.asarray(spec.std, np.float32), (spec.channels,))
     self.augment = (augment or AugmentConfig.none()) if train else None
     self.crop_pct, self.interpolation = crop_pct, interpolation
     self._fill = T.fill_color(spec.mean, spec.channels)

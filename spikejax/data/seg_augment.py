@@ -14,7 +14,8 @@ import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image
+
+from spikejax.data import transforms as T
 
 IGNORE_INDEX = 255
 
@@ -103,17 +104,12 @@ def keep_ratio_size(height: int, width: int, scale: tuple[float, float]) -> tupl
   return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]):
+def resize_pair(image, label, size: tuple[int, int]):
   """Image bilinear, label nearest to ``size`` ``(h, w)``."""
-  h, w = size
-  if image.shape[:2] == (h, w):
+  if image.shape[:2] == tuple(size):
     return image, label
-  im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  im = np.asarray(im.resize((w, h), Image.Resampling.BILINEAR))
-  im = im[..., None] if im.ndim == 2 else im
-  lab = np.asarray(Image.fromarray(label.astype(np.uint8)).resize((w, h),
-                                                                  Image.Resampling.NEAREST))
-  return im, lab
+  lab = T.resize(label.astype(np.uint8)[..., None], size, "nearest")[..., 0]
+  return T.resize(image, size, "bilinear"), lab
 
 
 def random_resize(image, label, rng: np.random.Generator, scale, ratio_range):
@@ -242,15 +238,6 @@ def train_example(image, label, rng: np.random.Generator, cfg: SegPipelineConfig
   return pad_pair(np.ascontiguousarray(image), np.ascontiguousarray(label), (size, size))
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of one uint8 HWC image to ``size`` ``(h, w)``."""
-  if image.shape[:2] == tuple(size):
-    return image
-  im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  im = np.asarray(im.resize((size[1], size[0]), Image.Resampling.BILINEAR))
-  return im[..., None] if im.ndim == 2 else im
-
-
 def eval_example(image, label, cfg: SegPipelineConfig, canvas: tuple[int, int]):
   """The eval transform: label mapping, keep-ratio resize to ``eval_scale``, pad to
   ``canvas``."""
@@ -260,6 +247,3 @@ def eval_example(image, label, cfg: SegPipelineConfig, canvas: tuple[int, int]):
     image, label = resize_pair(image, label, keep_ratio_size(*image.shape[:2], cfg.eval_scale))
   return pad_pair(image, label, canvas)
 
-
-def as_dict(cfg: SegPipelineConfig) -> dict[str, Any]:
-  return dataclasses.asdict(cfg)

@@ -59,10 +59,7 @@ class SegmentationDataset(Dataset):
     self._init_common(spec, split=split, batch_size=batch_size, train=train, seed=seed,
                       process_index=process_index, process_count=process_count,
                       num_epochs=num_epochs, num_workers=num_workers, prefetch=prefetch)
-    self.image_size = image_size or spec.image_size
-    self.channels = channels or spec.channels
-    if self.channels not in (spec.channels, 3):
-      raise ValueError(f"{spec.name}: channels must be {spec.channels} or 3")
+    self._init_pixels(spec, image_size, channels)
     self.pipeline = augment
     if train:
       self.canvas = (self.image_size, self.image_size)
@@ -73,8 +70,6 @@ class SegmentationDataset(Dataset):
     # fixed-size data (no eval resize, no canvas): labels keep the stored resolution
     self.fixed_size_eval = not train and augment.eval_scale is None and augment.eval_size is None
     self.label_canvas = tuple(spec.input_shape[:2]) if self.fixed_size_eval else self.canvas
-    self.mean = np.broadcast_to(np.asarray(spec.mean, np.float32), (spec.channels,))
-    self.std = np.broadcast_to(np.asarray(spec.std, np.float32), (spec.channels,))
     self._source = spec.builder(spec, split, data_dir=data_dir, download=download)
     self._set_shard(len(self._source))
 
@@ -93,7 +88,7 @@ class SegmentationDataset(Dataset):
                         f"expected the data set's {self.label_canvas}")
       if self.pipeline.reduce_zero_label:
         label = SA.reduce_zero_label(label)
-      return SA.resize_image(image, self.canvas), label, np.ones(self.canvas, bool)
+      return T.resize(image, self.canvas, "bilinear"), label, np.ones(self.canvas, bool)
     return SA.eval_example(image, label, self.pipeline, self.canvas)
 
   def get_batch(self, epoch: int, step: int) -> Batch:

@@ -100,16 +100,21 @@ def linear(in_features: int, out_features: int, **kwargs) -> Linear:
 
 def conv2d(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
            padding: int = 0, groups: int = 1, use_bias: bool = True, dtype=None,
-           param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
+           param_dtype=jnp.float32, kernel_init=None, bias_init=None,
+           rngs: nnx.Rngs) -> nnx.Module:
   """A 2-D conv with explicit symmetric padding (PyTorch semantics, spec §8 trap 17).
 
   A 1x1 stride-1 dense conv is built as ``nnx.Linear`` on the channel axis (same maths).
+  ``kernel_init`` / ``bias_init`` default to PyTorch's; a kernel init sees the shape
+  ``(kh, kw, in, out)``, or ``(in, out)`` for the 1x1 ``Linear``.
   """
   fan_in = in_features // groups * kernel_size * kernel_size
+  kernel_init = kernel_init or torch_kernel_init()
+  bias_init = bias_init or torch_bias_init(fan_in)
   if kernel_size == 1 and stride == 1 and groups == 1 and padding == 0:
     return Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
-                      param_dtype=param_dtype, kernel_init=torch_kernel_init(),
-                      bias_init=torch_bias_init(fan_in), rngs=rngs)
+                      param_dtype=param_dtype, kernel_init=kernel_init,
+                      bias_init=bias_init, rngs=rngs)
   extra = {}
   if groups > 1 and groups == in_features == out_features and stride == 1:
     extra["conv_general_dilated"] = depthwise_conv_general_dilated
@@ -118,8 +123,7 @@ def conv2d(in_features: int, out_features: int, kernel_size: int, *, stride: int
   return Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
                   padding=((padding, padding), (padding, padding)), feature_group_count=groups,
                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=torch_kernel_init(), bias_init=torch_bias_init(fan_in), rngs=rngs,
-                  **extra)
+                  kernel_init=kernel_init, bias_init=bias_init, rngs=rngs, **extra)
 
 
 # --------------------------------------------------------------------------- depthwise conv

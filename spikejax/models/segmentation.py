@@ -32,19 +32,15 @@ SEG_TAPS = ("s2", "s4", "s8", "s16b")
 
 
 def _conv(cin, cout, k, *, use_bias, init, dtype, param_dtype, rngs):
-  """A conv with ``init``: ``'xavier'`` (uniform, zero bias) or ``'normal'`` (std 0.01, zero
-  bias: mmseg's ``conv_seg``)."""
-  layer = conv2d(cin, cout, k, padding=(k - 1) // 2, use_bias=use_bias, dtype=dtype,
-                 param_dtype=param_dtype, rngs=rngs)
+  """A conv with ``init``: ``'xavier'`` (uniform, zero bias: mmcv ``xavier_init``, the
+  QFPN/QFPNHead convs) or ``'normal'`` (std 0.01, zero bias: mmseg's ``conv_seg``)."""
   if init == "xavier":
-    kinit = jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1)
+    kernel_init = jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1)
   else:
-    kinit = jax.nn.initializers.normal(0.01)
-  shape = layer.kernel[...].shape
-  layer.kernel[...] = kinit(rngs.params(), shape, param_dtype)
-  if use_bias:
-    layer.bias[...] = jnp.zeros_like(layer.bias[...])
-  return layer
+    kernel_init = jax.nn.initializers.normal(0.01)
+  return conv2d(cin, cout, k, padding=(k - 1) // 2, use_bias=use_bias, dtype=dtype,
+                param_dtype=param_dtype, kernel_init=kernel_init,
+                bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
 
 def resize_nearest(x: Array, size: tuple[int, int]) -> Array:
