@@ -69,6 +69,57 @@ def test_taps_strides_and_channels(family):
     model.backbone.features(x, ("s32",))
 
 
+LARGE_TINY = dict(num_classes=5, embed_dims=(16, 32, 64), depth=2, neck_channels=8,
+                  head_channels=8, in_channels=1)
+
+
+def test_large_family_taps_and_semfpn():
+  """The LARGE encoder's taps (s2/s4/s8 after ConvBlock1_1 / 1_2 / 2_2, s16 = block3's tokens
+  on their grid), equal to its stage outputs; only the conv stages run without s16; its
+  Semantic FPN takes (s2, s4, s8, s16) and gives per-pixel logits; a LARGE classifier needs
+  classes."""
+  from spikejax.models.spikformer import FEATURE_TAPS as LARGE_TAPS
+  model = create_model("semfpn_spikformer12_512", **LARGE_TINY)
+  x = jax.random.normal(jax.random.key(1), (2, 64, 48, 1))
+  bb = model.backbone
+  feats = bb.features(x)
+  assert {k: v.shape for k, v in feats.items()} == {
+      "s2": (2, 32, 24, 8), "s4": (2, 16, 12, 16), "s8": (2, 8, 6, 32), "s16": (2, 4, 3, 64)}
+  stages = bb.stage_features(x)
+  for tap, (stage, _, _) in LARGE_TAPS.items():
+    np.testing.assert_array_equal(feats[tap].reshape(stages[stage].shape), stages[stage])
+  conv_only = bb.features(x, ("s2", "s8"))
+  assert list(conv_only) == ["s2", "s8"]
+  np.testing.assert_array_equal(conv_only["s8"], feats["s8"])
+  assert bb.tap_info(("s2", "s16")) == {"s2": (2, 8), "s16": (16, 64)}
+  assert model.taps == ("s2", "s4", "s8", "s16") and model.strides == (2, 4, 8, 16)
+  assert model(x).shape == (2, 64, 48, 5)
+  with pytest.raises(ValueError, match="unknown feature tap.*LARGE"):
+    bb.features(x, ("s16b",))
+  with pytest.raises(ValueError, match="num_classes >= 1"):
+    create_model("spikformer12_512", num_classes=0)
+
+
+def test_large_semfpn_param_count_and_init_from_a_large_classifier():
+  """The LARGE Semantic FPN (no official model): its backbone is the 83M finetuning model less
+  its two heads; a LARGE classifier's values load into ``backbone/`` by name."""
+  full = nnx.eval_shape(lambda: create_model("semfpn_spikformer12_512"))
+  cls_full = nnx.eval_shape(lambda: create_model("spikformer12_512"))
+  heads = count_params(cls_full.head) + count_params(cls_full.head_kd)
+  assert count_params(full.backbone) == count_params(cls_full) - heads == 81_989_952
+  assert count_params(full) == 83_759_062
+  cls = create_model("spikformer12_512", num_classes=10, embed_dims=(16, 32, 64), depth=2,
+                     in_channels=1, rngs=nnx.Rngs(3))
+  values = {"/".join(str(p) for p in k): v.get_value()
+            for k, v in nnx.to_flat_state(nnx.state(cls, nnx.Any(nnx.Param, nnx.BatchStat)))}
+  seg = create_model("semfpn_spikformer12_512", **LARGE_TINY)
+  report = ckpt_lib.transfer_weights(values, seg)
+  assert {k.split("/")[1] for k in report["dropped"]} == {"head", "head_kd"}
+  assert all(k.startswith(("neck/", "decode_head/")) for k in report["fresh"])
+  np.testing.assert_array_equal(seg.backbone.block3[1].attn.q_conv.conv.conv1.conv.kernel[...],
+                                cls.block3[1].attn.q_conv.conv.conv1.conv.kernel[...])
+
+
 def test_decode_head_structure_and_init():
   """B.3: 1 + 1 + 2 + 3 units, x2 bilinear after every unit of a coarser level, Xavier-uniform
   convs with zero bias, conv_seg normal(0.01)."""

@@ -43,6 +43,9 @@ def _warm_bn(model, x):
 SEMFPN = dict(embed_dims=(8, 16, 16, 16), block_depths=(1, 1), num_classes=5, in_channels=1,
               neck_channels=8, head_channels=8, rounding="half_up", layer_scale=0.5)
 
+SEMFPN_LARGE = dict(embed_dims=(8, 16, 32), depth=2, num_classes=5, in_channels=1,
+                    neck_channels=8, head_channels=8, layer_scale=0.5, drop_path_rate=0.0)
+
 CASES = {
     "spikformer12_512": (lambda: create_model("spikformer12_512", rngs=nnx.Rngs(0), **LARGE),
                          (4, 32, 32, 1), 4),
@@ -55,6 +58,8 @@ CASES = {
                            (4, 32, 32, 1), 4),
     "semfpn_espikeformer": (lambda: create_model("semfpn_espikeformer_m", rngs=nnx.Rngs(5),
                                                  **SEMFPN), (2, 32, 32, 1), 4),
+    "semfpn_spikformer": (lambda: create_model("semfpn_spikformer12_512", rngs=nnx.Rngs(6),
+                                               **SEMFPN_LARGE), (2, 32, 32, 1), 4),
 }
 
 
@@ -126,7 +131,7 @@ def test_energy_report(case):
   np.testing.assert_allclose(rep["sops"], want, rtol=1e-9)
   assert 0 < rep["snn_energy_mj"] and rep["ann_energy_mj"] > 0
   assert rep["time_steps"] == T and rep["spike_max"] == 4
-  if name.startswith("spik"):   # LARGE: RepConv's second conv sees real values -> MACs
+  if name.startswith(("spik", "semfpn_spik")):   # LARGE: RepConv's 2nd conv sees reals: MACs
     assert any(r["op"] == "MAC" and ".conv2." in r["layer"] for r in rows[1:]), name
 
 

@@ -398,6 +398,14 @@ class ESpikeFormer(nnx.Module):
     _, stages = self.forward_features(x, return_stages=True)
     return stages
 
+  SEG_TAPS = ("s2", "s4", "s8", "s16b")   # the segmentation taps (B.3)
+
+  def tap_info(self, taps) -> dict[str, tuple[int, int]]:
+    """``{tap: (stride, channels)}`` for ``taps`` (``FEATURE_TAPS``; addendum C.1)."""
+    strides = tap_strides(self.config.strides, taps)
+    channels = tap_channels(self.config.embed_dims, taps)
+    return {t: (strides[t], channels[t]) for t in taps}
+
   def features(self, x, taps=tuple(FEATURE_TAPS)) -> dict[str, Array]:
     """The real-valued residual stream at each of ``taps`` (``FEATURE_TAPS``; addendum C.1),
     NHWC with the merged ``T * B`` leading axis; stages past the deepest tap are not run."""

@@ -288,6 +288,8 @@ class MetaSpikformer(nnx.Module):
   forward_features = ESpikeFormer.forward_features
   stage_features = ESpikeFormer.stage_features
   features = ESpikeFormer.features
+  tap_info = ESpikeFormer.tap_info
+  SEG_TAPS = ESpikeFormer.SEG_TAPS
 
   def head_logits(self, x):
     """Mean over H, W -> SN -> ``head`` [and ``head_kd``] -> mean over T (addendum A.2)."""

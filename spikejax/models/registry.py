@@ -13,7 +13,7 @@ from spikejax.models.layers import SpikeConfig
 from spikejax.models.metaspikformer import V2_SPIKE, MetaSpikformer, MetaSpikformerConfig
 from spikejax.models.mim import MIMConfig, SpikMAE
 from spikejax.models.segmentation import SemanticFPN, SemanticFPNConfig
-from spikejax.models.spikformer import Spikformer, SpikformerConfig
+from spikejax.models.spikformer import Spikformer, SpikformerConfig, SpikformerEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,8 @@ for _n, _dims, _official, _paper in [
 
 
 _BACKBONES = {"espikeformer": (ESpikeFormer, ESpikeFormerConfig),
-              "metaspikformer": (MetaSpikformer, MetaSpikformerConfig)}
+              "metaspikformer": (MetaSpikformer, MetaSpikformerConfig),
+              "spikformer": (SpikformerEncoder, SpikformerConfig)}
 
 
 def _build_semfpn(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
@@ -203,6 +204,14 @@ for _n, _fam, _bb, _paper in [
   register(Variant(_n, "semfpn", _build_semfpn, dict(_bb, backbone_family=_fam), None, (),
                    _paper, spike=dict(V2_SPIKE, time_steps=1) if _fam == "metaspikformer"
                    else {}, num_classes=150))
+
+# The same neck and head on the LARGE (83M) encoder: no official model (the paper's dense
+# tables use the BASE family); taps s2/s4/s8/s16 (its stride-16 tokens after block3), the
+# finetuning model's layer scales and drop path, no distillation head, the LARGE neuron.
+register(Variant("semfpn_spikformer12_512", "semfpn", _build_semfpn,
+                 dict(_LARGE, embed_dims=(128, 256, 512), rep_conv2=True, kd=False,
+                      backbone_family="spikformer"), None, (), None, spike=_LARGE_SPIKE,
+                 num_classes=150))
 
 
 def get_variant(name: str) -> Variant:

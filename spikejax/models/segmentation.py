@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spikejax.models.espikeformer import tap_channels, tap_strides
+from spikejax.models.espikeformer import ESpikeFormer
 from spikejax.models.layers import BatchNorm, SpikeConfig, conv2d, make_neuron
 
 Array = jax.Array
 
-SEG_TAPS = ("s2", "s4", "s8", "s16b")
+SEG_TAPS = ESpikeFormer.SEG_TAPS       # E-SpikeFormer and V2; each backbone names its own
 
 
 def _conv(cin, cout, k, *, use_bias, init, dtype, param_dtype, rngs):
@@ -139,16 +139,15 @@ class QFPNHead(nnx.Module):
 class SemanticFPNConfig:
   """The neck and head of a spiking Semantic FPN (B.3); the backbone is configured apart."""
   num_classes: int = 150
-  taps: tuple[str, ...] = SEG_TAPS
+  taps: tuple[str, ...] | None = None    # None: the backbone's ``SEG_TAPS``
   neck_channels: int = 128
   head_channels: int = 128
 
   def __post_init__(self):
     if self.num_classes < 1:
       raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
-    if len(self.taps) < 1 or len(set(self.taps)) != len(self.taps):
+    if self.taps is not None and (len(self.taps) < 1 or len(set(self.taps)) != len(self.taps)):
       raise ValueError(f"taps must name distinct feature taps, got {self.taps}.")
-    tap_strides((1,) * 5, self.taps)
     if min(self.neck_channels, self.head_channels) < 1:
       raise ValueError(f"neck_channels and head_channels must be >= 1, got "
                        f"{self.neck_channels}, {self.head_channels}.")
@@ -185,14 +184,15 @@ class SemanticFPN(nnx.Module):
     self.dtype = dtype
     self.head_spike_config = head_spike_config(backbone.spike)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    bc = backbone.config
-    widths = tap_channels(bc.embed_dims, config.taps)
-    strides = [tap_strides(bc.strides, config.taps)[t] for t in config.taps]
+    self.taps = tuple(backbone.SEG_TAPS if config.taps is None else config.taps)
+    info = backbone.tap_info(self.taps)      # names checked by the backbone's family
+    widths = {t: c for t, (_, c) in info.items()}
+    strides = [info[t][0] for t in self.taps]
     self.strides = tuple(strides)      # of the taps (a tuple: the graph must stay hashable)
     if strides != sorted(strides):
-      raise ValueError(f"taps must run from fine to coarse, got {config.taps} with strides "
+      raise ValueError(f"taps must run from fine to coarse, got {self.taps} with strides "
                        f"{strides}.")
-    self.neck = QFPN([widths[t] for t in config.taps], config.neck_channels,
+    self.neck = QFPN([widths[t] for t in self.taps], config.neck_channels,
                      self.head_spike_config, **kw)
     self.decode_head = QFPNHead(config.neck_channels, config.head_channels, config.num_classes,
                                 strides,
@@ -208,8 +208,8 @@ class SemanticFPN(nnx.Module):
   def decode(self, x) -> Array:
     """Per-pixel logits at the head's resolution (the finest tap), averaged over ``T``:
     ``(B, H / stride, W / stride, num_classes)`` in float32."""
-    feats = self.backbone.features(x, self.config.taps)
-    logits = self.decode_head(self.neck([feats[t] for t in self.config.taps]))
+    feats = self.backbone.features(x, self.taps)
+    logits = self.decode_head(self.neck([feats[t] for t in self.taps]))
     T = self.spike.time_steps
     return jnp.mean(logits.reshape((T, -1) + logits.shape[1:]).astype(jnp.float32), axis=0)
 

@@ -40,6 +40,12 @@ DropPathPer = Literal["sample", "timestep"]
 CONV_STAGES = ("downsample1_1", "conv_block1_1", "downsample1_2", "conv_block1_2",
                "downsample2", "conv_block2_1", "conv_block2_2", "downsample3")
 LARGE_STAGES = CONV_STAGES + ("block3",)
+# Multi-scale taps of the LARGE encoder (addendum C.1, the three-stage analogue of
+# ``espikeformer.FEATURE_TAPS``): name -> (stage it is taken after, downsamplings before it,
+# index of its width in (c0 / 2, c0, c1, c2)). With the official strides the names are the
+# strides; ``s16`` is the token stream after ``block3`` laid back on its (h, w) grid.
+FEATURE_TAPS = {"s2": ("conv_block1_1", 1, 0), "s4": ("conv_block1_2", 2, 1),
+                "s8": ("conv_block2_2", 3, 2), "s16": ("block3", 4, 3)}
 # The LARGE neuron: D = 4, floor(x + 0.5) rounding, surrogate window 0 < u < D (spec §1.1-1.2).
 LARGE_SPIKE = SpikeConfig(time_steps=1, spike_max=4, rounding="half_up", window="open")
 
@@ -129,9 +135,9 @@ class SpikformerConfig:
       raise ValueError(f"conv_depths must be 3 integers >= 0, got {self.conv_depths}.")
     if not is_int(self.depth) or self.depth < 1:
       raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}.")
-    if not is_int(self.num_classes) or self.num_classes < 1 or not is_int(self.in_channels) \
+    if not is_int(self.num_classes) or self.num_classes < 0 or not is_int(self.in_channels) \
         or self.in_channels < 1:
-      raise ValueError(f"num_classes and in_channels must be integers >= 1, got "
+      raise ValueError(f"num_classes (0: a backbone) and in_channels (>= 1) must be integers, got "
                        f"{self.num_classes!r}, {self.in_channels!r}.")
     if not (isinstance(self.mlp_ratio, (int, float)) and int(dims[2] * self.mlp_ratio) >= 1
             and int(dims[0] // 2 * self.mlp_ratio) >= 1):
@@ -453,6 +459,46 @@ class SpikformerEncoder(nnx.Module):
     """Per-stage outputs keyed by ``LARGE_STAGES``."""
     return self.forward_features(x, mask, return_stages=True)[1]
 
+  SEG_TAPS = ("s2", "s4", "s8", "s16")    # the three-stage Semantic FPN's taps
+
+  def tap_info(self, taps) -> dict[str, tuple[int, int]]:
+    """``{tap: (stride, channels)}`` for ``taps`` (``FEATURE_TAPS``)."""
+    unknown = [t for t in taps if t not in FEATURE_TAPS]
+    if unknown:
+      raise ValueError(f"unknown feature tap(s) {unknown} for a LARGE (spikformer) backbone; "
+                       f"its taps are {list(FEATURE_TAPS)}.")
+    c0, c1, c2 = self.config.embed_dims
+    widths = (c0 // 2, c0, c1, c2)
+    return {t: (math.prod(self.config.strides[:FEATURE_TAPS[t][1]]), widths[FEATURE_TAPS[t][2]])
+            for t in taps}
+
+  def features(self, x, taps=tuple(FEATURE_TAPS), mask=None) -> dict[str, Array]:
+    """The real-valued residual stream at each of ``taps``, NHWC with the merged ``T * B``
+    leading axis (``s16``: the tokens after ``block3`` on their ``(h, w)`` grid). The
+    transformer stage is run only when ``s16`` is asked for."""
+    self.tap_info(taps)
+    if "s16" not in taps:
+      stages = {}
+      self.check_input(x)
+      h, batch = self._merge_time(x)
+      if self.dtype is not None:
+        h = h.astype(self.dtype)
+      m = None
+      if mask is not None:
+        m = self._time_mask(mask, batch, h.dtype)
+        h = h * upsample_mask(m, h.shape[1], h.shape[2])
+      last = max(CONV_STAGES.index(FEATURE_TAPS[t][0]) for t in taps)
+      for name in CONV_STAGES[:last + 1]:
+        layer = getattr(self, name)
+        for blk in (layer if isinstance(layer, nnx.List) else [layer]):
+          h = blk(h, m)
+        stages[name] = h
+    else:
+      _, stages = self.forward_features(x, mask, return_stages=True)
+      n = stages["downsample3"].shape
+      stages["block3"] = stages["block3"].reshape(n[0], n[1], n[2], -1)
+    return {t: stages[FEATURE_TAPS[t][0]] for t in taps}
+
 
 class Spikformer(SpikformerEncoder):
   """LARGE-FT ``Spikformer`` (spec §4.1): the encoder plus ``head`` (and ``head_kd``).
@@ -464,6 +510,9 @@ class Spikformer(SpikformerEncoder):
 
   def __init__(self, config: SpikformerConfig, spike: SpikeConfig = LARGE_SPIKE, *, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
+    if not config.num_classes:
+      raise ValueError("a Spikformer classifier needs num_classes >= 1; the headless LARGE "
+                       "backbone is SpikformerEncoder.")
     super().__init__(config, spike, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     c2 = config.embed_dims[2]
     head_kw = dict(kernel_init=jax.nn.initializers.xavier_uniform(),
