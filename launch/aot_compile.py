@@ -1,7 +1,7 @@
 """Ahead-of-time compile of the real training step for a TPU slice, on a machine without one.
 
     python -m launch.aot_compile --config=configs/imagenet_mim.py:768 --topology=v5e:4x4 \\
-        [--per_chip_batch=N] [--mesh_fsdp=K] [--json]
+        [--per_chip_batch=N] [--mesh_fsdp=K] [--ann_twin] [--json]
 
 Builds the trainer's model and optimizer of ``--config`` abstractly
 (``spikejax.train.state.build_train_state(..., abstract=True)``: ``nnx.eval_shape``, no memory),
@@ -11,9 +11,13 @@ compiles the task's jitted train step ``SplitTrainer`` runs (same function, dona
 state, the task's batch spec sharded over every mesh axis) for a global batch of
 ``per_chip_batch x chips`` (default: ``config.batch_size``). Prints what XLA's memory analysis says one chip needs: arguments
 (parameters, optimizer state, batch), outputs, aliased bytes (the donated state, counted once),
-temporaries (activations), generated code, their total, and whether it fits the chip's HBM
+temporaries (activations), generated code, their total, whether it fits the chip's HBM
 (with the trainer's EMA copy of the variables, when ``config.ema_decay`` is set; the eval step
-is compiled separately and not counted).
+is compiled separately and not counted), and what XLA's cost analysis of the executable says
+one chip does per step: FLOPs, HBM bytes accessed, their ratio (arithmetic intensity) and the
+roofline estimate of the step time and MFU on the chip (``GENERATIONS``: bf16 peak and HBM
+bandwidth, cited). ``--ann_twin`` compiles the same step with every spiking neuron replaced by
+ReLU (``firing='relu'``) beside it, the reference for what the neurons cost.
 A step that does not fit fails to compile on TPU ("RESOURCE_EXHAUSTED: Ran out of memory on
 HBM ..."); that is reported as not fitting, with the compiler's numbers.
 
@@ -54,13 +58,27 @@ class Generation:
   hbm_gib: float        # per chip
   dims: int             # topology rank
   chip_config: str      # libtpu chip config: 'megacore' = one device per chip (2 TensorCores)
+  peak_flops: float     # per chip, bf16 dense FLOP/s
+  hbm_bandwidth: float  # per chip, bytes/s
+  source: str           # where the two numbers are published
+
+  @property
+  def ridge(self) -> float:
+    """FLOP per HBM byte above which a step is bound by compute, not memory traffic."""
+    return self.peak_flops / self.hbm_bandwidth
 
 
+# Per-chip peaks from Google Cloud's TPU system-architecture pages (key chip specifications:
+# "peak compute per chip (bf16)" and "HBM capacity and bandwidth").
 GENERATIONS = {
-    "v4": Generation(32, 3, "megacore"),
-    "v5e": Generation(16, 2, "default"),
-    "v5p": Generation(95, 3, "megacore"),
-    "v6e": Generation(32, 2, "default"),
+    "v4": Generation(32, 3, "megacore", 275e12, 1200e9,
+                     "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": Generation(16, 2, "default", 197e12, 819e9,
+                      "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": Generation(95, 3, "megacore", 459e12, 2765e9,
+                      "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": Generation(32, 2, "default", 918e12, 1638e9,
+                      "https://cloud.google.com/tpu/docs/v6e"),
 }
 
 # Training-split sizes where the data registry has none: they only set the learning-rate
@@ -255,9 +273,72 @@ def _compiler_log(out: dict[str, str], enabled: bool = True):
       sys.stderr.write("".join(rest))
 
 
+def cost_numbers(compiled) -> dict[str, float] | None:
+  """FLOPs and HBM bytes of one chip's program, from XLA's own cost analysis of the compiled
+  executable (``compiled.cost_analysis()``: ``flops``, ``bytes accessed``)."""
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (a backend without cost analysis)
+    return None
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else None
+  if not ca or "flops" not in ca:
+    return None
+  flops, nbytes = float(ca["flops"]), float(ca.get("bytes accessed", 0.0))
+  return {"flops": flops, "bytes_accessed": nbytes,
+          "transcendentals": float(ca.get("transcendentals", 0.0)),
+          "intensity": flops / nbytes if nbytes else None}
+
+
+def roofline(cost: dict[str, float] | None, generation: str) -> dict[str, Any] | None:
+  """The roofline estimate of one step on one chip of ``generation``: the time of its FLOPs at
+  the chip's bf16 peak and of its HBM bytes at the chip's bandwidth; the step takes at least
+  the larger (``bound``), and its MFU is at most compute time / step time."""
+  gen = GENERATIONS.get(generation)
+  if cost is None or gen is None:
+    return None
+  compute_s = cost["flops"] / gen.peak_flops
+  memory_s = cost["bytes_accessed"] / gen.hbm_bandwidth
+  step_s = max(compute_s, memory_s)
+  return {"peak_flops": gen.peak_flops, "hbm_bandwidth": gen.hbm_bandwidth,
+          "ridge": round(gen.ridge, 1), "compute_s": compute_s, "memory_s": memory_s,
+          "step_s": step_s, "bound": "compute" if compute_s >= memory_s else "memory",
+          "mfu": compute_s / step_s if step_s else None, "source": gen.source}
+
+
+def ann_twin_config(config):
+  """``config`` with every spiking neuron replaced by ReLU (mode ``'ann'``): the same network,
+  optimizer and step, the reference for what the spiking neurons cost."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.mode = "ann"
+    if config.get("spike") is not None:
+      config.spike.firing, config.spike.temporal = "relu", "independent"
+  return config
+
+
 def compile_step(config, topology: str | Topology, per_chip_batch: int | None = None,
+                 mesh_fsdp: int | None = None, config_name: str = "",
+                 ann_twin: bool = False) -> dict[str, Any]:
+  """Compiles the trainer's train step of ``config`` for ``topology``; returns a report.
+
+  With ``ann_twin`` the same step of the ANN twin (``ann_twin_config``) is compiled too and
+  reported under ``"ann_twin"``, with the spiking step's FLOPs and bytes over the twin's."""
+  report = _compile_one(config, topology, per_chip_batch, mesh_fsdp, config_name)
+  if ann_twin:
+    twin = _compile_one(ann_twin_config(config), topology, per_chip_batch, mesh_fsdp,
+                        config_name)
+    keep = ("params", "compile_s", "fits", "memory", "remat", "cost", "roofline", "error")
+    report["ann_twin"] = {k: twin[k] for k in keep if k in twin}
+    a, b = report.get("cost"), twin.get("cost")
+    if a and b:
+      report["vs_ann"] = {"flops_ratio": a["flops"] / b["flops"],
+                          "bytes_ratio": a["bytes_accessed"] / b["bytes_accessed"]}
+  return report
+
+
+def _compile_one(config, topology: str | Topology, per_chip_batch: int | None = None,
                  mesh_fsdp: int | None = None, config_name: str = "") -> dict[str, Any]:
-  """Compiles the trainer's train step of ``config`` for ``topology``; returns a report."""
   topo = topology if isinstance(topology, Topology) else parse_topology(topology)
   if per_chip_batch is not None and per_chip_batch < 1:
     raise AotError(f"--per_chip_batch must be >= 1, got {per_chip_batch}.")
@@ -344,6 +425,8 @@ def compile_step(config, topology: str | Topology, per_chip_batch: int | None = 
     mem["peak_bytes"] = peak
   report["memory"] = mem
   report["fits"] = None if hbm is None else mem["total_bytes"] + ema <= hbm
+  report["cost"] = cost_numbers(compiled)
+  report["roofline"] = roofline(report["cost"], topo.generation)
   return report
 
 
@@ -387,7 +470,40 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append("fits: unknown (no HBM size for this platform)")
   else:
     lines.append(f"fits in {hbm} HBM: {'yes' if r['fits'] else 'NO'}")
+  lines += _cost_lines(r)
+  twin = r.get("ann_twin")
+  if twin:
+    lines.append("ANN twin (every spiking neuron replaced by ReLU, same step):")
+    if "memory" in twin:
+      lines.append(f"  total           {_gib(twin['memory']['total_bytes'])}")
+    lines += ["  " + x for x in _cost_lines(twin)]
+    if r.get("vs_ann"):
+      lines.append(f"spiking / ANN twin: {r['vs_ann']['flops_ratio']:.2f}x FLOPs, "
+                   f"{r['vs_ann']['bytes_ratio']:.2f}x HBM bytes")
   return "\n".join(lines)
+
+
+def _si(x: float, unit: str) -> str:
+  """``x`` with the decimal prefix that leaves 1-999 before the point: 12.0 TFLOP, 139.2 GB."""
+  for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(x) >= scale:
+      return f"{x / scale:.1f} {prefix}{unit}"
+  return f"{x:.0f} {unit}"
+
+
+def _cost_lines(r: dict[str, Any]) -> list[str]:
+  c, rf = r.get("cost"), r.get("roofline")
+  if not c:
+    return ["cost analysis: not available from this compiler"]
+  out = [f"per chip and step: {_si(c['flops'], 'FLOP')}, {_si(c['bytes_accessed'], 'B')} "
+         f"of HBM traffic, {c['intensity'] or 0:.1f} FLOP per byte (XLA cost analysis)"]
+  if rf:
+    out.append(f"roofline ({rf['peak_flops'] / 1e12:.0f} TFLOP/s bf16, "
+               f"{rf['hbm_bandwidth'] / 1e9:.0f} GB/s, ridge {rf['ridge']:.0f} FLOP/byte): "
+               f"compute {rf['compute_s'] * 1e3:.1f} ms, memory {rf['memory_s'] * 1e3:.1f} ms "
+               f"-> {rf['bound']}-bound, >= {rf['step_s'] * 1e3:.1f} ms per step, "
+               f"MFU <= {rf['mfu'] * 100:.0f} %")
+  return out
 
 
 def parse(argv=None):
@@ -400,6 +516,8 @@ def parse(argv=None):
                  help="examples per chip (default: config.batch_size / chips)")
   p.add_argument("--mesh_fsdp", type=int, default=None,
                  help="size of the fsdp mesh axis (default: config.mesh.fsdp); data = the rest")
+  p.add_argument("--ann_twin", action="store_true",
+                 help="also compile the ANN twin (spiking neurons -> ReLU) and compare")
   p.add_argument("--json", action="store_true", help="print one JSON object")
   return p.parse_args(argv)
 
@@ -412,7 +530,8 @@ def main(argv=None) -> int:
     from spikejax.models.from_config import ConfigError
     try:
       report = compile_step(load_config(args.config), topo, args.per_chip_batch,
-                            args.mesh_fsdp, config_name=args.config)
+                            args.mesh_fsdp, config_name=args.config,
+                            ann_twin=args.ann_twin)
     except ConfigError as e:
       raise AotError(f"config error: {e}") from None
   except AotError as e:

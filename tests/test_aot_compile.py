@@ -23,7 +23,8 @@ def run(capsys, *args):
 
 @pytest.mark.parametrize("config,extra,mesh,per_chip,task", [
     (MIM, [], {"data": 4, "fsdp": 2}, 2, "mim"),   # the config's batch (16) and mesh.fsdp (2)
-    (FINETUNE, ["--per_chip_batch=1", "--mesh_fsdp=4"], {"data": 2, "fsdp": 4}, 1, "classify"),
+    (FINETUNE, ["--per_chip_batch=1", "--mesh_fsdp=4", "--ann_twin"], {"data": 2, "fsdp": 4}, 1,
+     "classify"),
 ])
 def test_compiles_the_train_step_on_cpu_devices(capsys, config, extra, mesh, per_chip, task):
   rc, out, _ = run(capsys, f"--config={config}", "--topology=cpu:8", "--json", *extra)
@@ -42,6 +43,62 @@ def test_compiles_the_train_step_on_cpu_devices(capsys, config, extra, mesh, per
   assert (m["ema_bytes"] > 0) == (task == "classify")
   assert r["hbm_bytes"] is None and r["fits"] is None  # CPU devices: no HBM to fit
   assert r["compile_s"] >= 0 and r["lower_s"] >= 0
+  # XLA's cost analysis of the executable; no roofline without a chip's peaks
+  c = r["cost"]
+  assert c["flops"] > 0 and c["bytes_accessed"] > 0
+  assert c["intensity"] == pytest.approx(c["flops"] / c["bytes_accessed"])
+  assert r["roofline"] is None
+  if "--ann_twin" in extra:
+    # the ANN twin: the same parameters, ReLU in place of every SFA neuron
+    t = r["ann_twin"]
+    assert t["params"] == r["params"] and t["cost"]["flops"] > 0 and t["memory"]["total_bytes"] > 0
+    assert r["vs_ann"]["flops_ratio"] == pytest.approx(c["flops"] / t["cost"]["flops"])
+    assert r["vs_ann"]["bytes_ratio"] == pytest.approx(c["bytes_accessed"]
+                                                       / t["cost"]["bytes_accessed"])
+    # the quantiser (clip, round) is elementwise work the ReLU twin does not do
+    assert c["flops"] > t["cost"]["flops"]
+  else:
+    assert "ann_twin" not in r and "vs_ann" not in r
+
+
+def test_roofline_arithmetic():
+  v5e = aot_compile.GENERATIONS["v5e"]
+  assert v5e.ridge == pytest.approx(197e12 / 819e9)
+  # 12 TFLOP over 139 GB on v5e: memory-bound (86 FLOP/byte < ridge ~241)
+  r = aot_compile.roofline({"flops": 12e12, "bytes_accessed": 139e9}, "v5e")
+  assert r["bound"] == "memory"
+  assert r["compute_s"] == pytest.approx(12e12 / 197e12)
+  assert r["memory_s"] == r["step_s"] == pytest.approx(139e9 / 819e9)
+  assert r["mfu"] == pytest.approx((12e12 / 197e12) / (139e9 / 819e9))
+  # above the ridge: compute-bound, MFU 1
+  r = aot_compile.roofline({"flops": 30e12, "bytes_accessed": 50e9}, "v5e")
+  assert r["bound"] == "compute" and r["mfu"] == 1.0 and r["step_s"] == r["compute_s"]
+  assert aot_compile.roofline({"flops": 1.0, "bytes_accessed": 1.0}, "cpu") is None
+  assert aot_compile.roofline(None, "v5e") is None
+  lines = aot_compile._cost_lines({"cost": {"flops": 12e12, "bytes_accessed": 139e9,
+                                            "intensity": 12e12 / 139e9},
+                                   "roofline": aot_compile.roofline(
+                                       {"flops": 12e12, "bytes_accessed": 139e9}, "v5e")})
+  assert "12.0 TFLOP, 139.0 GB" in lines[0] and "86.3 FLOP per byte" in lines[0]
+  assert "memory-bound" in lines[1] and "MFU <= 36 %" in lines[1]
+
+
+def test_cost_numbers_reads_dicts_and_lists():
+  class Compiled:
+    def __init__(self, ca):
+      self.ca = ca
+
+    def cost_analysis(self):
+      if isinstance(self.ca, Exception):
+        raise self.ca
+      return self.ca
+
+  ca = {"flops": 8.0, "bytes accessed": 2.0, "transcendentals": 1.0}
+  want = {"flops": 8.0, "bytes_accessed": 2.0, "transcendentals": 1.0, "intensity": 4.0}
+  assert aot_compile.cost_numbers(Compiled(ca)) == want
+  assert aot_compile.cost_numbers(Compiled([ca])) == want  # older jax: one dict per program
+  assert aot_compile.cost_numbers(Compiled(NotImplementedError())) is None
+  assert aot_compile.cost_numbers(Compiled({})) is None
 
 
 def test_unknown_topology_lists_examples(capsys):
@@ -101,3 +158,5 @@ def test_compiles_for_a_tpu_topology(capsys):
   assert r["mesh"] == {"data": 2, "fsdp": 2} and r["per_chip_batch"] == 4
   assert r["hbm_bytes"] == 16 * 2**30 and r["fits"] is True and r["remat"] is None
   assert r["memory"]["generated_code_bytes"] > 0 and r["memory"]["temp_bytes"] > 0
+  assert r["cost"]["flops"] > 0 and r["roofline"]["ridge"] == pytest.approx(240.5, abs=0.1)
+  assert r["roofline"]["bound"] in ("memory", "compute") and 0 < r["roofline"]["mfu"] <= 1

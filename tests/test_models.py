@@ -145,3 +145,24 @@ def test_bfloat16_compute():
 
 def test_count_params_matches_abstract():
   assert count_params(tiny()) == abstract_params("espikeformer_t", num_classes=10)
+
+
+def test_ann_twin_replaces_every_neuron_by_relu():
+  """mode 'ann' (launch/aot_compile.py --ann_twin): same parameters, ReLU where SFA fired."""
+  from spikejax.models.from_config import MODES
+  from spikejax.spiking import ReLUNeuron, SFANeuron
+  twin = create_model("espikeformer_t", num_classes=10, **MICRO, **MODES["ann"])
+  assert count_params(twin) == count_params(create_model("espikeformer_t", num_classes=10, **MICRO))
+  kinds = {type(m) for _, m in nnx.iter_graph(twin) if isinstance(m, (ReLUNeuron, SFANeuron))}
+  assert kinds == {ReLUNeuron}
+  neuron = twin.block3[0].attn.q_spike
+  np.testing.assert_array_equal(np.asarray(neuron(jnp.asarray([[-1.0, 0.3, 7.6]]))),
+                                np.float32([[0.0, 0.3, 7.6]]))  # no quantiser, no ceiling, no 1/D
+  with pytest.raises(ValueError, match="no spike-driven execution"):
+    neuron.substep()
+  with pytest.raises(ValueError, match="temporal='independent'"):
+    create_model("espikeformer_t", firing="relu", temporal="lif_hard")
+  twin.train()
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 16, 16, 3)), jnp.float32)
+  g = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(twin)
+  assert sum(float(jnp.sum(v ** 2)) for v in jax.tree.leaves(nnx.state(g["block3"]))) > 0

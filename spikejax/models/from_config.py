@@ -24,6 +24,9 @@ MODES: dict[str, dict[str, Any]] = {
     "sfa": dict(firing="sfa", temporal="independent"),
     # Vanilla direct training: binary spikes, LIF (tau 2, hard reset), image repeated over T.
     "vanilla": dict(firing="binary", temporal="lif_hard", tau=2.0, detach_reset=True),
+    # The ANN twin: every spiking neuron replaced by ReLU (same synapses), the reference for
+    # what the neurons cost (``launch/aot_compile.py --ann_twin``); not a training recipe.
+    "ann": dict(firing="relu", temporal="independent"),
 }
 
 # ``config.dtype`` -> the compute dtype (parameters stay float32).

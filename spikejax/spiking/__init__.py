@@ -15,6 +15,6 @@ from spikejax.spiking.synapse import spike_einsum
 from spikejax.spiking.dynamics import (
     NeuronDynamics, binary_fire, if_neuron, lif_neuron, multistep, sfa_fire_count, sfa_over_time)
 from spikejax.spiking.neurons import (
-    NEURONS, TEMPORAL, TEMPORAL_MODES, BinaryNeuron, Neuron, SFANeuron, SpikeConfig, SubstepIF,
-    make_neuron, temporal_dynamics, to_spike_driven)
+    NEURONS, TEMPORAL, TEMPORAL_MODES, BinaryNeuron, Neuron, ReLUNeuron, SFANeuron, SpikeConfig,
+    SubstepIF, make_neuron, temporal_dynamics, to_spike_driven)
 from spikejax.spiking import record

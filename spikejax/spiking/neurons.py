@@ -8,6 +8,9 @@ independent (the official models). The output is ``S / norm``.
 
 * ``SFANeuron``: integer firing ``S = R(clip(u, 0, D))`` with the window gradient (Eq. 5).
 * ``BinaryNeuron``: ``S = H(u - threshold)`` with a surrogate gradient (Eq. 2), e.g. binary LIF.
+* ``ReLUNeuron``: ``S = max(u, 0)``, the ANN twin of a spiking network (same synapses, no
+  quantiser), the reference for what the spiking neurons cost (``launch/aot_compile.py
+  --ann_twin``); it has no spike-driven mode.
 * ``SubstepIF``: the binary sub-step IF neuron of Proposition 1 that stands in for another
   neuron in spike-driven execution: ``D`` binary sub-steps per real timestep, emitted as a
   ``SpikeTrain``; the source neuron's dynamics still act between real timesteps.
@@ -55,8 +58,9 @@ class SpikeConfig:
     spike_max: D, the integer ceiling of SFA firing (= binary sub-steps at inference).
     norm: divisor after quantisation (default D; the DVS model uses 1). Head neurons use 1.
     rounding, window: SFA rounding rule and surrogate window (``spikejax.spiking.sfa_fire``).
-    firing: the neuron kind, a key of ``NEURONS``: ``'sfa'`` integer firing or ``'binary'``
-      Heaviside spikes with a surrogate gradient (vanilla direct training).
+    firing: the neuron kind, a key of ``NEURONS``: ``'sfa'`` integer firing, ``'binary'``
+      Heaviside spikes with a surrogate gradient (vanilla direct training) or ``'relu'``
+      (the ANN twin, not spiking).
     temporal: dynamics between real timesteps, a key of ``TEMPORAL``: ``'independent'``
       (per-frame, the official code), or IF/LIF with soft/hard reset.
     tau, threshold, v_reset, decay_input, detach_reset: LIF/IF parameters (binary firing
@@ -282,9 +286,51 @@ class BinaryNeuron(Neuron):
     return 1
 
 
+class ReLUNeuron(Neuron):
+  """``S = max(u, 0)``: the ANN twin's activation in place of a spiking neuron.
+
+  Same place in the network, same merged ``T * B`` input, no quantiser, no ceiling and no
+  dynamics (``temporal`` must be ``'independent'``): the reference for what the spiking
+  neurons cost in compute and memory traffic. It is not a spiking layer (firing records skip
+  it) and has no spike-driven execution.
+  """
+
+  spiking_neuron = False
+
+  def __init__(self, *, time_steps: int = 1, spec: SpikeConfig | None = None):
+    super().__init__(time_steps=time_steps, norm=1.0, dynamics=None, spec=spec)
+
+  def fire(self, u):
+    return jax.nn.relu(u)
+
+  def counts(self, u):
+    return self.fire(u)
+
+  def substep(self):
+    raise ValueError("an ANN twin (firing='relu') has no spike-driven execution: it does not "
+                     "spike. Use firing='sfa' or 'binary'.")
+
+  @classmethod
+  def from_spec(cls, spec: SpikeConfig, *, head: bool = False) -> "ReLUNeuron":
+    del head
+    if spec.temporal != "independent":
+      raise ValueError(f"firing='relu' (the ANN twin) has no dynamics between timesteps: give "
+                       f"temporal='independent', not {spec.temporal!r}.")
+    return cls(time_steps=spec.time_steps, spec=spec)
+
+  @staticmethod
+  def output_norm(spec: SpikeConfig) -> float:
+    return 1.0
+
+  @staticmethod
+  def sub_steps(spec: SpikeConfig) -> int:
+    return 1
+
+
 # The one table of neuron kinds: SpikeConfig.firing -> class (with from_spec, output_norm,
 # sub_steps). Register a new neuron here.
-NEURONS: dict[str, type[Neuron]] = {"sfa": SFANeuron, "binary": BinaryNeuron}
+NEURONS: dict[str, type[Neuron]] = {"sfa": SFANeuron, "binary": BinaryNeuron,
+                                    "relu": ReLUNeuron}
 
 
 def make_neuron(spec: SpikeConfig, *, head: bool = False) -> Neuron:
