@@ -319,16 +319,18 @@ def ann_twin_config(config):
 
 def compile_step(config, topology: str | Topology, per_chip_batch: int | None = None,
                  mesh_fsdp: int | None = None, config_name: str = "",
-                 ann_twin: bool = False) -> dict[str, Any]:
+                 ann_twin: bool = False, hlo_out: str | None = None) -> dict[str, Any]:
   """Compiles the trainer's train step of ``config`` for ``topology``; returns a report.
 
   With ``ann_twin`` the same step of the ANN twin (``ann_twin_config``) is compiled too and
   reported under ``"ann_twin"``, with the spiking step's FLOPs and bytes over the twin's."""
-  report = _compile_one(config, topology, per_chip_batch, mesh_fsdp, config_name)
+  report = _compile_one(config, topology, per_chip_batch, mesh_fsdp, config_name, hlo_out)
   if ann_twin:
+    twin_hlo = None if not hlo_out else hlo_out.replace(".txt", "") + ".ann_twin.txt"
     twin = _compile_one(ann_twin_config(config), topology, per_chip_batch, mesh_fsdp,
-                        config_name)
-    keep = ("params", "compile_s", "fits", "memory", "remat", "cost", "roofline", "error")
+                        config_name, twin_hlo)
+    keep = ("params", "compile_s", "fits", "memory", "remat", "cost", "roofline", "error",
+            "hlo")
     report["ann_twin"] = {k: twin[k] for k in keep if k in twin}
     a, b = report.get("cost"), twin.get("cost")
     if a and b:
@@ -338,7 +340,8 @@ def compile_step(config, topology: str | Topology, per_chip_batch: int | None = 
 
 
 def _compile_one(config, topology: str | Topology, per_chip_batch: int | None = None,
-                 mesh_fsdp: int | None = None, config_name: str = "") -> dict[str, Any]:
+                 mesh_fsdp: int | None = None, config_name: str = "",
+                 hlo_out: str | None = None) -> dict[str, Any]:
   topo = topology if isinstance(topology, Topology) else parse_topology(topology)
   if per_chip_batch is not None and per_chip_batch < 1:
     raise AotError(f"--per_chip_batch must be >= 1, got {per_chip_batch}.")
@@ -427,6 +430,10 @@ def _compile_one(config, topology: str | Topology, per_chip_batch: int | None = 
   report["fits"] = None if hbm is None else mem["total_bytes"] + ema <= hbm
   report["cost"] = cost_numbers(compiled)
   report["roofline"] = roofline(report["cost"], topo.generation)
+  if hlo_out:
+    with open(hlo_out, "w") as f:
+      f.write(compiled.as_text())
+    report["hlo"] = hlo_out
   return report
 
 
@@ -518,6 +525,9 @@ def parse(argv=None):
                  help="size of the fsdp mesh axis (default: config.mesh.fsdp); data = the rest")
   p.add_argument("--ann_twin", action="store_true",
                  help="also compile the ANN twin (spiking neurons -> ReLU) and compare")
+  p.add_argument("--hlo_out", default=None,
+                 help="write the compiled (optimised) HLO here, for python -m launch.hlo_traffic "
+                      "(the twin's beside it, .ann_twin.txt)")
   p.add_argument("--json", action="store_true", help="print one JSON object")
   return p.parse_args(argv)
 
@@ -531,7 +541,7 @@ def main(argv=None) -> int:
     try:
       report = compile_step(load_config(args.config), topo, args.per_chip_batch,
                             args.mesh_fsdp, config_name=args.config,
-                            ann_twin=args.ann_twin)
+                            ann_twin=args.ann_twin, hlo_out=args.hlo_out)
     except ConfigError as e:
       raise AotError(f"config error: {e}") from None
   except AotError as e:
