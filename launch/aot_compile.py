@@ -16,7 +16,9 @@ temporaries (activations), generated code, their total, whether it fits the chip
 is compiled separately and not counted), and what XLA's cost analysis of the executable says
 one chip does per step: FLOPs, HBM bytes accessed, their ratio (arithmetic intensity) and the
 roofline estimate of the step time and MFU on the chip (``GENERATIONS``: bf16 peak and HBM
-bandwidth, cited). ``--ann_twin`` compiles the same step with every spiking neuron replaced by
+bandwidth, cited). XLA's ``bytes accessed`` on TPU also counts arrays the compiler placed in
+on-chip memory; the share in HBM (``launch/hlo_traffic.py`` over the optimised HLO) is printed
+beside it with its own roofline. ``--ann_twin`` compiles the same step with every spiking neuron replaced by
 ReLU (``firing='relu'``) beside it, the reference for what the neurons cost.
 A step that does not fit fails to compile on TPU ("RESOURCE_EXHAUSTED: Ran out of memory on
 HBM ..."); that is reported as not fitting, with the compiler's numbers.
@@ -300,10 +302,17 @@ def roofline(cost: dict[str, float] | None, generation: str) -> dict[str, Any] |
   compute_s = cost["flops"] / gen.peak_flops
   memory_s = cost["bytes_accessed"] / gen.hbm_bandwidth
   step_s = max(compute_s, memory_s)
-  return {"peak_flops": gen.peak_flops, "hbm_bandwidth": gen.hbm_bandwidth,
-          "ridge": round(gen.ridge, 1), "compute_s": compute_s, "memory_s": memory_s,
-          "step_s": step_s, "bound": "compute" if compute_s >= memory_s else "memory",
-          "mfu": compute_s / step_s if step_s else None, "source": gen.source}
+  out = {"peak_flops": gen.peak_flops, "hbm_bandwidth": gen.hbm_bandwidth,
+         "ridge": round(gen.ridge, 1), "compute_s": compute_s, "memory_s": memory_s,
+         "step_s": step_s, "bound": "compute" if compute_s >= memory_s else "memory",
+         "mfu": compute_s / step_s if step_s else None, "source": gen.source}
+  if cost.get("hbm_bytes"):
+    # the same with only the traffic of arrays placed in HBM (launch/hlo_traffic.py)
+    hbm_s = cost["hbm_bytes"] / gen.hbm_bandwidth
+    out.update(memory_s_hbm=hbm_s, step_s_hbm=max(compute_s, hbm_s),
+               bound_hbm="compute" if compute_s >= hbm_s else "memory",
+               mfu_hbm=compute_s / max(compute_s, hbm_s) if compute_s else None)
+  return out
 
 
 def ann_twin_config(config):
@@ -336,6 +345,8 @@ def compile_step(config, topology: str | Topology, per_chip_batch: int | None = 
     if a and b:
       report["vs_ann"] = {"flops_ratio": a["flops"] / b["flops"],
                           "bytes_ratio": a["bytes_accessed"] / b["bytes_accessed"]}
+      if a.get("hbm_bytes") and b.get("hbm_bytes"):
+        report["vs_ann"]["hbm_bytes_ratio"] = a["hbm_bytes"] / b["hbm_bytes"]
   return report
 
 
@@ -429,10 +440,19 @@ def _compile_one(config, topology: str | Topology, per_chip_batch: int | None = 
   report["memory"] = mem
   report["fits"] = None if hbm is None else mem["total_bytes"] + ema <= hbm
   report["cost"] = cost_numbers(compiled)
+  hlo = compiled.as_text()
+  if report["cost"] is not None and hlo:
+    from launch import hlo_traffic
+    try:
+      split = hlo_traffic.summarise(hlo_traffic.traffic(hlo), top=0)
+      report["cost"]["hbm_bytes"] = split["hbm_bytes"]
+      report["cost"]["model_bytes"] = split["all_bytes"]
+    except ValueError:  # not the HLO text this parser knows: the XLA numbers stand alone
+      pass
   report["roofline"] = roofline(report["cost"], topo.generation)
   if hlo_out:
     with open(hlo_out, "w") as f:
-      f.write(compiled.as_text())
+      f.write(hlo)
     report["hlo"] = hlo_out
   return report
 
@@ -485,8 +505,11 @@ def format_report(r: dict[str, Any]) -> str:
       lines.append(f"  total           {_gib(twin['memory']['total_bytes'])}")
     lines += ["  " + x for x in _cost_lines(twin)]
     if r.get("vs_ann"):
-      lines.append(f"spiking / ANN twin: {r['vs_ann']['flops_ratio']:.2f}x FLOPs, "
-                   f"{r['vs_ann']['bytes_ratio']:.2f}x HBM bytes")
+      v = r["vs_ann"]
+      lines.append(f"spiking / ANN twin: {v['flops_ratio']:.2f}x FLOPs, "
+                   f"{v['bytes_ratio']:.2f}x bytes accessed"
+                   + (f", {v['hbm_bytes_ratio']:.2f}x HBM-placed bytes"
+                      if "hbm_bytes_ratio" in v else ""))
   return "\n".join(lines)
 
 
@@ -503,13 +526,22 @@ def _cost_lines(r: dict[str, Any]) -> list[str]:
   if not c:
     return ["cost analysis: not available from this compiler"]
   out = [f"per chip and step: {_si(c['flops'], 'FLOP')}, {_si(c['bytes_accessed'], 'B')} "
-         f"of HBM traffic, {c['intensity'] or 0:.1f} FLOP per byte (XLA cost analysis)"]
+         f"accessed, {c['intensity'] or 0:.1f} FLOP per byte (XLA cost analysis)"]
   if rf:
     out.append(f"roofline ({rf['peak_flops'] / 1e12:.0f} TFLOP/s bf16, "
                f"{rf['hbm_bandwidth'] / 1e9:.0f} GB/s, ridge {rf['ridge']:.0f} FLOP/byte): "
                f"compute {rf['compute_s'] * 1e3:.1f} ms, memory {rf['memory_s'] * 1e3:.1f} ms "
                f"-> {rf['bound']}-bound, >= {rf['step_s'] * 1e3:.1f} ms per step, "
                f"MFU <= {rf['mfu'] * 100:.0f} %")
+  if c.get("hbm_bytes") is not None:
+    line = (f"of which in arrays placed in HBM: {_si(c['hbm_bytes'], 'B')} (the rest in on-chip "
+            f"memory spaces; launch/hlo_traffic.py, whose model counts "
+            f"{_si(c['model_bytes'], 'B')} in all)")
+    out.append(line)
+    if rf and "memory_s_hbm" in rf:
+      out.append(f"roofline on HBM-placed traffic: memory {rf['memory_s_hbm'] * 1e3:.1f} ms -> "
+                 f"{rf['bound_hbm']}-bound, >= {rf['step_s_hbm'] * 1e3:.1f} ms per step, "
+                 f"MFU <= {rf['mfu_hbm'] * 100:.0f} %")
   return out
 
 

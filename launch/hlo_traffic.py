@@ -37,8 +37,9 @@ _COMP = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$")
 # opcodes that move no data of their own (or whose work is counted inside what they call)
 NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
               "conditional", "call", "after-all", "partition-id", "replica-id", "iota",
-              "copy-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
+              "copy-done", "slice-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
               "async-done", "send-done", "recv-done", "opt-barrier"}
+ASYNC_MOVES = ("copy-start", "slice-start")
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
 
 
@@ -65,6 +66,40 @@ def _padded(dims: str, layout: str) -> list[int]:
   for dim, t in zip(reversed(order[:len(tile)]), tile):  # tile dims: major ... minor
     shape[dim] = -(-shape[dim] // t) * t
   return shape
+
+
+def _tuple_elements(shape: str) -> list[str]:
+  """The top-level elements of a tuple shape ``'(a, (b), c)'``; ``[shape]`` for an array."""
+  if not shape.startswith("("):
+    return [shape]
+  out, depth, start = [], 0, 1
+  for i, ch in enumerate(shape):
+    depth += ch in "({["
+    depth -= ch in ")}]"
+    if ch == "," and depth == 1:
+      out.append(shape[start:i].strip())
+      start = i + 1
+  out.append(shape[start:-1].strip())
+  return [re.sub(r"/\*index=\d+\*/", "", e).strip() for e in out]
+
+
+def _async_move_bytes(ins: dict[str, Any], shapes: dict[str, str], hbm_only: bool) -> float:
+  """An asynchronous copy or slice (a DMA, e.g. HBM -> VMEM prefetch) reads its destination's
+  size from the source's memory space and writes it into the destination's."""
+  elements = _tuple_elements(ins["shape"])
+  if ins["op"] == "copy-start":      # (destination, source alias, context)
+    dest = elements[0]
+  else:                              # slice-start: ((source alias), destination, context)
+    dest = elements[1] if len(elements) > 1 else elements[0]
+  m = _ARRAY.search(dest)
+  if not m:
+    return 0.0
+  src = _ARRAY.search(shapes.get(ins["operands"][0], "")) if ins["operands"] else None
+  dims, layout = m.group(2), m.group(3) or ""
+  read_layout = src.group(3) or "" if src else layout
+  written = array_bytes(m.group(0), hbm_only)
+  read = array_bytes(f"{m.group(1)}[{dims}]{read_layout}", hbm_only)
+  return read + written
 
 
 def _split_shape(rest: str) -> tuple[str, str]:
@@ -174,11 +209,18 @@ def traffic(text: str) -> list[dict[str, Any]]:
         continue
       nbytes = {}
       for key, hbm in (("bytes", True), ("bytes_all", False)):
-        operand_bytes = sum(array_bytes(shapes.get(o, ""), hbm) for o in ins["operands"])
-        if ins["op"] == "copy-start":  # (destination, source alias, context): 1 read, 1 write
+        if ins["op"] in ASYNC_MOVES:
+          nbytes[key] = weight * _async_move_bytes(ins, shapes, hbm)
+        elif ins["op"] == "dynamic-update-slice" and len(ins["operands"]) > 1:
+          # in place: the update is read and written into the buffer, the rest is untouched
+          update = shapes.get(ins["operands"][1], "")
           out = _ARRAY.search(ins["shape"])
-          nbytes[key] = weight * (operand_bytes + (array_bytes(out.group(0), hbm) if out else 0))
+          layout = out.group(3) or "" if out else ""
+          u = _ARRAY.search(update)
+          into = array_bytes(f"{u.group(1)}[{u.group(2)}]{layout}", hbm) if u else 0.0
+          nbytes[key] = weight * (array_bytes(update, hbm) + into)
         else:
+          operand_bytes = sum(array_bytes(shapes.get(o, ""), hbm) for o in ins["operands"])
           nbytes[key] = weight * (array_bytes(ins["shape"], hbm) + operand_bytes)
       if not nbytes["bytes_all"]:
         continue

@@ -48,6 +48,10 @@ def test_compiles_the_train_step_on_cpu_devices(capsys, config, extra, mesh, per
   assert c["flops"] > 0 and c["bytes_accessed"] > 0
   assert c["intensity"] == pytest.approx(c["flops"] / c["bytes_accessed"])
   assert r["roofline"] is None
+  # the HBM-placed share from the optimised HLO (CPU: one memory space, so all of it), and the
+  # parser's own total within 10 % of XLA's
+  assert c["hbm_bytes"] == c["model_bytes"] > 0
+  assert c["model_bytes"] == pytest.approx(c["bytes_accessed"], rel=0.1)
   if "--ann_twin" in extra:
     # the ANN twin: the same parameters, ReLU in place of every SFA neuron
     t = r["ann_twin"]
@@ -79,8 +83,15 @@ def test_roofline_arithmetic():
                                             "intensity": 12e12 / 139e9},
                                    "roofline": aot_compile.roofline(
                                        {"flops": 12e12, "bytes_accessed": 139e9}, "v5e")})
-  assert "12.0 TFLOP, 139.0 GB" in lines[0] and "86.3 FLOP per byte" in lines[0]
+  assert "12.0 TFLOP, 139.0 GB accessed" in lines[0] and "86.3 FLOP per byte" in lines[0]
   assert "memory-bound" in lines[1] and "MFU <= 36 %" in lines[1]
+  cost = {"flops": 12e12, "bytes_accessed": 139e9, "hbm_bytes": 51e9}
+  r = aot_compile.roofline(cost, "v5e")
+  assert r["bound"] == "memory" and r["bound_hbm"] == "memory"
+  assert r["memory_s_hbm"] == pytest.approx(51e9 / 819e9)
+  assert r["mfu_hbm"] == pytest.approx((12e12 / 197e12) / (51e9 / 819e9))
+  r = aot_compile.roofline({**cost, "hbm_bytes": 40e9}, "v5e")
+  assert r["bound_hbm"] == "compute" and r["mfu_hbm"] == 1.0
 
 
 def test_cost_numbers_reads_dicts_and_lists():

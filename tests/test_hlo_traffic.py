@@ -44,7 +44,11 @@ ENTRY %main (x: bf16[2,4,4,98], w: bf16[3,3,98,98]) -> f32[2,4,4,98] {
   %zero = s32[] constant(0)
   %init = (s32[], f32[2,4,4,98]) tuple(%zero, %convert.1)
   %while.1 = (s32[], f32[2,4,4,98]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
-  ROOT %out = f32[2,4,4,98]{3,2,1,0} get-tuple-element(%while.1), index=1
+  %out = f32[2,4,4,98]{3,2,1,0} get-tuple-element(%while.1), index=1
+  %slice-start.1 = ((f32[2,4,4,98]{3,2,1,0}), f32[1,4,4,98]{3,2,1,0:S(1)}, s32[]{:S(2)}) slice-start(%out), slice={[0:1], [0:4], [0:4], [0:98]}
+  %slice-done.1 = f32[1,4,4,98]{3,2,1,0:S(1)} slice-done(%slice-start.1)
+  %i = s32[] constant(1)
+  ROOT %dynamic-update-slice.1 = f32[2,4,4,98]{3,2,1,0} dynamic-update-slice(%out, %slice-done.1, %i, %zero, %zero, %zero)
 }
 """
 N = 2 * 4 * 4
@@ -52,7 +56,14 @@ N = 2 * 4 * 4
 
 def test_bytes_by_instruction_kind_and_phase():
   rows = {r["name"]: r for r in hlo_traffic.traffic(HLO)}
-  assert set(rows) == {"fusion.1", "convert.1", "fusion.2"}
+  assert set(rows) == {"fusion.1", "convert.1", "fusion.2", "slice-start.1",
+                       "dynamic-update-slice.1"}
+  # a DMA slice HBM -> VMEM reads the slice from HBM and writes it on chip
+  dma = rows["slice-start.1"]
+  assert dma["bytes"] == N // 2 * 98 * 4 and dma["bytes_all"] == 2 * dma["bytes"]
+  # an in-place update reads the update (on chip) and writes it into the HBM buffer
+  dus = rows["dynamic-update-slice.1"]
+  assert dus["bytes"] == N // 2 * 98 * 4 and dus["bytes_all"] == 2 * dus["bytes"]
   conv = rows["fusion.1"]
   # input and output tiled (8, 128) on their two minor dims: (4, 98) stored as (8, 128); the
   # kernel is not tiled
@@ -64,6 +75,7 @@ def test_bytes_by_instruction_kind_and_phase():
   add = rows["fusion.2"]   # loop body, 3 trips; reads and writes f32 in HBM
   assert add["bytes"] == 3 * 2 * N * 98 * 4
   assert add["kind"] == "elementwise fusion" and add["phase"] == "backward"
+  rows = {k: r for k, r in rows.items() if k in ("fusion.1", "convert.1", "fusion.2")}
   s = hlo_traffic.summarise(list(rows.values()), top=2)
   assert s["hbm_bytes"] == sum(r["bytes"] for r in rows.values())
   assert s["by_kind"]["conv/dot fusion"]["bytes"] == conv["bytes"]
@@ -83,7 +95,7 @@ def test_command_line(tmp_path, capsys):
   f.write_text(HLO)
   assert hlo_traffic.main([str(f), "--json", "--top=1"]) == 0
   s = json.loads(capsys.readouterr().out)
-  assert s["instructions"] == 3 and len(s["top"]) == 1 and s["top"][0]["name"] == "fusion.1"
+  assert s["instructions"] == 5 and len(s["top"]) == 1 and s["top"][0]["name"] == "fusion.1"
   assert hlo_traffic.main([str(f)]) == 0
   assert "conv/dot fusion" in capsys.readouterr().out
   (tmp_path / "bad.txt").write_text("not hlo")

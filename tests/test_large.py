@@ -74,7 +74,7 @@ def test_unknown_option_and_bad_config():
          ({"drop_path_rate": 1.0}, r"drop_path_rate must be in \[0, 1\)"),
          ({"layer_scale": 0.0}, "layer_scale must be"), ({"drop_path_per": "x"}, "drop_path_per"),
          ({"rep_hidden_ratio": 0}, "rep_hidden_ratio"), ({"conv_depths": (1, -1, 2)}, "conv_depths"),
-         ({"num_heads": 0}, "num_heads must be")]
+         ({"num_heads": 0}, "num_heads must be"), ({"remat": "some"}, "remat must be one of")]
   for kw, msg in bad:
     with pytest.raises(ValueError, match=msg):
       SpikformerConfig(**{**TINY, **kw})
@@ -238,6 +238,30 @@ def test_drop_path_in_model_train_vs_eval():
   m0 = Spikformer(SpikformerConfig(**TINY, drop_path_rate=0.0, kd=False), LARGE_SPIKE,
                   rngs=nnx.Rngs(0))
   np.testing.assert_array_equal(np.asarray(f(m0, x)), np.asarray(f(m0, x)))   # train, rate 0
+
+
+@pytest.mark.parametrize("remat", ["dots", "full"])
+def test_remat_keeps_values_gradients_and_statistics(remat):
+  """SpikformerConfig.remat recomputes in the backward pass: same loss, gradients, BN
+  statistics and drop-path draws as without it (the MIM mask path too)."""
+  x = images((2, 32, 32, 3))
+  mask = jnp.asarray(np.random.default_rng(3).random((2, 2, 2)) > 0.5, jnp.float32)
+  out = {}
+  for r in ("none", remat):
+    m = SpikformerEncoder(SpikformerConfig(**TINY, drop_path_rate=0.5, remat=r), LARGE_SPIKE,
+                          rngs=nnx.Rngs(0))
+    m.train()
+
+    def loss(m):
+      return jnp.mean(m.forward_features(x, mask) ** 2) + jnp.mean(
+          m.forward_features(x) ** 2)
+
+    val, g = nnx.jit(nnx.value_and_grad(loss))(m)
+    out[r] = (val, jax.tree.leaves(nnx.state(g)), jax.tree.leaves(nnx.state(m, nnx.BatchStat)))
+  assert float(out[remat][0]) == float(out["none"][0]) and float(out["none"][0]) > 0
+  for a, b in zip(out[remat][1] + out[remat][2], out["none"][1] + out["none"][2]):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert any(float(jnp.sum(jnp.abs(g))) > 0 for g in out["none"][1])
 
 
 # --------------------------------------------------------------------------- conversion

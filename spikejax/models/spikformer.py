@@ -46,6 +46,18 @@ LARGE_STAGES = CONV_STAGES + ("block3",)
 # strides; ``s16`` is the token stream after ``block3`` laid back on its (h, w) grid.
 FEATURE_TAPS = {"s2": ("conv_block1_1", 1, 0), "s4": ("conv_block1_2", 2, 1),
                 "s8": ("conv_block2_2", 3, 2), "s16": ("block3", 4, 3)}
+# Rematerialisation policies of ``SpikformerConfig.remat`` (``jax.checkpoint`` per block).
+REMAT = {"none": None, "dots": jax.checkpoint_policies.dots_saveable,
+         "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def run_block(blk, remat: str, *args):
+  """``blk(*args)``, under ``nnx.remat`` with the ``REMAT[remat]`` policy unless ``'none'``."""
+  if remat == "none":
+    return blk(*args)
+  return nnx.remat(lambda b, *a: b(*a), policy=REMAT[remat])(blk, *args)
+
+
 # The LARGE neuron: D = 4, floor(x + 0.5) rounding, surrogate window 0 < u < D (spec §1.1-1.2).
 LARGE_SPIKE = SpikeConfig(time_steps=1, spike_max=4, rounding="half_up", window="open")
 
@@ -98,6 +110,10 @@ class SpikformerConfig:
     kd: add the distillation head ``head_kd`` (spec §4.1 Head).
     attn_scale: the fixed attention scale (0.125).
     rep_hidden_ratio: hidden width of the q/k/v/proj RepConv (int(d * 1.5)).
+    remat: what each block keeps for the backward pass (``REMAT``): ``'none'`` everything
+      autodiff saves; ``'dots'`` only conv and matmul outputs, the neurons, BN normalisation
+      and residual adds recomputed in the backward pass (fused into its kernels); ``'full'``
+      only the block inputs. Same values and gradients; less memory and traffic, more FLOPs.
   """
   embed_dims: tuple[int, int, int] = (128, 256, 512)
   num_classes: int = 1000
@@ -114,6 +130,7 @@ class SpikformerConfig:
   kd: bool = True
   attn_scale: float = 0.125
   rep_hidden_ratio: float = 1.5
+  remat: str = "none"
 
   def __post_init__(self):
     def is_int(v):
@@ -159,6 +176,8 @@ class SpikformerConfig:
     if not isinstance(self.rep_conv2, bool) or not isinstance(self.kd, bool):
       raise ValueError(f"rep_conv2 and kd must be booleans, got {self.rep_conv2!r}, "
                        f"{self.kd!r}.")
+    if self.remat not in REMAT:
+      raise ValueError(f"remat must be one of {sorted(REMAT)}, got {self.remat!r}.")
     if not (isinstance(self.attn_scale, (int, float)) and math.isfinite(self.attn_scale)):
       raise ValueError(f"attn_scale must be a finite number, got {self.attn_scale!r}.")
 
@@ -441,7 +460,7 @@ class SpikformerEncoder(nnx.Module):
       layer = getattr(self, name)
       if isinstance(layer, nnx.List):
         for blk in layer:
-          x = blk(x, m)
+          x = run_block(blk, self.config.remat, x, m)
       else:
         x = layer(x, m)
       if return_stages:
@@ -449,7 +468,7 @@ class SpikformerEncoder(nnx.Module):
     n, h, w, c = x.shape
     x = x.reshape(n, h * w, c)
     for blk in self.block3:
-      x = blk(x)
+      x = run_block(blk, self.config.remat, x)
     if return_stages:
       stages["block3"] = x
       return x, stages
@@ -491,7 +510,8 @@ class SpikformerEncoder(nnx.Module):
       for name in CONV_STAGES[:last + 1]:
         layer = getattr(self, name)
         for blk in (layer if isinstance(layer, nnx.List) else [layer]):
-          h = blk(h, m)
+          h = run_block(blk, self.config.remat, h, m) if isinstance(layer, nnx.List) \
+              else blk(h, m)
         stages[name] = h
     else:
       _, stages = self.forward_features(x, mask, return_stages=True)
