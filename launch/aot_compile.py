@@ -1,7 +1,8 @@
 """Ahead-of-time compile of the real training step for a TPU slice, on a machine without one.
 
     python -m launch.aot_compile --config=configs/imagenet_mim.py:768 --topology=v5e:4x4 \\
-        [--per_chip_batch=N] [--mesh_fsdp=K] [--ann_twin] [--json]
+        [--per_chip_batch=N] [--mesh_fsdp=K] [--ann_twin] [--hlo_out=F] [--json] \\
+        [--config.KEY=VALUE ...]
 
 Builds the trainer's model and optimizer of ``--config`` abstractly
 (``spikejax.train.state.build_train_state(..., abstract=True)``: ``nnx.eval_shape``, no memory),
@@ -181,6 +182,32 @@ def load_config(spec: str):
   except FileNotFoundError as e:
     raise AotError(str(e)) from None
   return mod.get_config(arg)
+
+
+def apply_overrides(config, overrides: list[str]):
+  """``config`` with each ``--config.KEY=VALUE`` of ``overrides`` set (as ``spikejax.main``
+  takes them); VALUE is a Python literal or else a string; KEY must exist in the config."""
+  import ast
+  config = config.copy_and_resolve_references()
+  for item in overrides:
+    key, eq, text = item[len("--config."):].partition("=")
+    if not eq:
+      raise AotError(f"{item}: give --config.KEY=VALUE.")
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+      if part not in node:
+        raise AotError(f"{item}: the config has no key {key!r}.")
+      node = node[part]
+    if last not in node:
+      raise AotError(f"{item}: the config has no key {key!r}.")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    with config.unlocked():
+      node[last] = tuple(value) if isinstance(value, list) else value
+  return config
 
 
 def _dataset_spec(name: str):
@@ -561,7 +588,12 @@ def parse(argv=None):
                  help="write the compiled (optimised) HLO here, for python -m launch.hlo_traffic "
                       "(the twin's beside it, .ann_twin.txt)")
   p.add_argument("--json", action="store_true", help="print one JSON object")
-  return p.parse_args(argv)
+  args, rest = p.parse_known_args(argv)
+  bad = [a for a in rest if not a.startswith("--config.")]
+  if bad:
+    p.error(f"unrecognized arguments: {' '.join(bad)}")
+  args.overrides = rest   # --config.KEY=VALUE, e.g. --config.model.remat=dots
+  return args
 
 
 def main(argv=None) -> int:
@@ -571,8 +603,10 @@ def main(argv=None) -> int:
     _set_platform_env(topo)
     from spikejax.models.from_config import ConfigError
     try:
-      report = compile_step(load_config(args.config), topo, args.per_chip_batch,
-                            args.mesh_fsdp, config_name=args.config,
+      config = apply_overrides(load_config(args.config), args.overrides)
+      report = compile_step(config, topo, args.per_chip_batch,
+                            args.mesh_fsdp,
+                            config_name=" ".join([args.config] + args.overrides),
                             ann_twin=args.ann_twin, hlo_out=args.hlo_out)
     except ConfigError as e:
       raise AotError(f"config error: {e}") from None

@@ -130,6 +130,20 @@ def test_batch_and_mesh_errors_come_before_compiling(capsys):
   assert rc == 2 and "xla_force_host_platform_device_count=64" in err
 
 
+def test_config_overrides(capsys):
+  rc, out, _ = run(capsys, f"--config={FINETUNE}", "--topology=cpu:8", "--per_chip_batch=1",
+                   "--mesh_fsdp=4", "--config.model.remat=dots", "--json")
+  r = json.loads(out)
+  assert rc == 0 and r["config"].endswith("--config.model.remat=dots")
+  assert r["memory"]["temp_bytes"] > 0 and r["cost"]["flops"] > 0
+  rc, _, err = run(capsys, f"--config={MIM}", "--topology=cpu:8", "--config.model.nope=1")
+  assert rc == 2 and "the config has no key 'model.nope'" in err
+  rc, _, err = run(capsys, f"--config={FINETUNE}", "--topology=cpu:8", "--config.model.remat=some")
+  assert rc == 2 and "remat must be one of" in err
+  with pytest.raises(SystemExit):
+    aot_compile.parse([f"--config={MIM}", "--topology=cpu:8", "--bogus=1"])
+
+
 def test_missing_libtpu_names_the_install(capsys, monkeypatch):
   monkeypatch.setattr(aot_compile, "have_libtpu", lambda: False)
   rc, _, err = run(capsys, f"--config={MIM}", "--topology=v5e:2x2")

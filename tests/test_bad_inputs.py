@@ -98,8 +98,11 @@ def test_read_only_workdir_is_refused_before_building_anything(tmp_path):
 @pytest.mark.parametrize("over,match", [
     ({"image_size": 16}, r"image_size=16 is smaller than fashion_mnist's 28 px images, which "
                          r"this data set zero-pads .*use image_size >= 28"),
+    ({"image_size": 28, "model.strides": (2, 2, 2, 2, 2)},
+     r"image_size=28 is smaller than espikeformer_t's total stride 32 .*image_size >= 32"),
+    # the family's own config checks come first (no model is built)
     ({"image_size": 32, "model.strides": (2, 2, 2, 2, 4)},
-     r"image_size=32 is smaller than espikeformer_t's total stride 64 .*image_size >= 64"),
+     r"bad model config: strides must be 5 values in \{1, 2\}"),
 ])
 def test_image_size_the_data_or_model_cannot_take(over, match):
   from test_train import tiny_config

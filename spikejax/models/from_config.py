@@ -78,6 +78,15 @@ def check(config) -> None:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   kw = model_kwargs(config)
+  v = get_variant(_get(config, "model_name"))
+  config_cls = getattr(v.build, "config_cls", None)
+  if config_cls is not None:   # the family's own checks (e.g. SpikformerConfig.remat), no model
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    opts = {k: val for k, val in {**v.config, **kw}.items() if k in fields}
+    try:
+      config_cls(**opts)
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"bad model config: {e}") from None
   spike_fields = {f.name for f in dataclasses.fields(SpikeConfig)}
   try:
     SpikeConfig(**{k: v for k, v in kw.items() if k in spike_fields})
