@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from flax import nnx
 
+from spikejax.models.detection import MaskRCNN, MaskRCNNConfig
 from spikejax.models.espikeformer import ESpikeFormer, ESpikeFormerConfig
 from spikejax.models.layers import SpikeConfig
 from spikejax.models.metaspikformer import V2_SPIKE, MetaSpikformer, MetaSpikformerConfig
@@ -212,6 +213,43 @@ register(Variant("semfpn_spikformer12_512", "semfpn", _build_semfpn,
                  dict(_LARGE, embed_dims=(128, 256, 512), rep_conv2=True, kd=False,
                       backbone_family="spikformer"), None, (), None, spike=_LARGE_SPIKE,
                  num_classes=150))
+
+
+def _build_maskrcnn(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
+                    param_dtype=None, **overrides):
+  """A ``MaskRCNN``: ``config`` holds ``backbone_family``, the backbone's options and the
+  ``MaskRCNNConfig`` fields; each override goes to the one that has the field."""
+  config = dict(config)
+  model_cls, config_cls = _BACKBONES[config.pop("backbone_family")]
+  det_fields = {f.name for f in dataclasses.fields(MaskRCNNConfig)} - {"num_classes"}
+  bb_fields = {f.name for f in dataclasses.fields(config_cls)} - {"num_classes"}
+  det = {k: config.pop(k) for k in list(config) if k in det_fields}
+  bb, spk = dict(config, num_classes=0), dict(spike)
+  _route(overrides, [("neck/heads", det_fields, det), ("backbone", bb_fields, bb),
+                     ("neuron", _SPIKE_FIELDS, spk)], "a Mask R-CNN")
+  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
+  backbone = model_cls(config_cls(**bb), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
+  return MaskRCNN(backbone, MaskRCNNConfig(num_classes=num_classes, **det), dtype=dtype,
+                  rngs=rngs, **kw)
+
+
+# Spiking Mask R-CNN (addendum B.1-B.2, Table II; COCO's 80 classes): the BASE E-SpikeFormer
+# and V2 backbones with taps s4/s8/s16a/s16b, SpikeFPN and the spiking RPN / box / mask heads.
+# Official totals: 38,738,616 (19M backbone, 256-wide FPN, FC 1024; Table II's 38.7M),
+# 21,172,240 (10M backbone, 192 / 768), 34,863,320 (V2 15M) and 75,007,728 (V2 55M).
+for _n, _fam, _bb, _det, _paper in [
+    ("maskrcnn_espikeformer_l", "espikeformer", dict(_BASE, embed_dims=(64, 128, 256, 360)),
+     {}, "38.7M"),
+    ("maskrcnn_espikeformer_m", "espikeformer", dict(_BASE, embed_dims=(48, 96, 192, 240)),
+     dict(fpn_channels=192, fc_channels=768), None),
+    ("maskrcnn_metaspikformer_15m", "metaspikformer",
+     dict(_V2, embed_dims=(64, 128, 256, 360)), {}, "34.9M"),
+    ("maskrcnn_metaspikformer_55m", "metaspikformer",
+     dict(_V2, embed_dims=(128, 256, 512, 640)), {}, "75.0M"),
+]:
+  register(Variant(_n, "maskrcnn", _build_maskrcnn, dict(_bb, **_det, backbone_family=_fam),
+                   None, (), _paper, spike=dict(V2_SPIKE, time_steps=1)
+                   if _fam == "metaspikformer" else {}, num_classes=80))
 
 
 def get_variant(name: str) -> Variant:
