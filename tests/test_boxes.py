@@ -77,3 +77,75 @@ def test_iou_known_values():
   b = jnp.asarray([[5.0, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30]])
   np.testing.assert_allclose(np.asarray(boxes.box_iou(a, b)),
                              [[50 / 150, 1.0, 0.0], [0.0, 0.0, 0.0]], rtol=1e-6)
+
+
+def _bilinear(f, y, x):
+  """mmcv's bilinear_interpolate for one point of an (H, W, C) map."""
+  h, w = f.shape[:2]
+  if y < -1.0 or y > h or x < -1.0 or x > w:
+    return np.zeros(f.shape[2])
+  y, x = max(y, 0.0), max(x, 0.0)
+  yl, xl = int(np.floor(y)), int(np.floor(x))
+  if yl >= h - 1:
+    yh = yl = h - 1
+    y = float(yl)
+  else:
+    yh = yl + 1
+  if xl >= w - 1:
+    xh = xl = w - 1
+    x = float(xl)
+  else:
+    xh = xl + 1
+  ly, lx = y - yl, x - xl
+  return ((1 - ly) * (1 - lx) * f[yl, xl] + (1 - ly) * lx * f[yl, xh] + ly * (1 - lx) * f[yh, xl]
+          + ly * lx * f[yh, xh])
+
+
+def _roi_align_loop(f, roi, out, scale, ratio, aligned):
+  off = 0.5 if aligned else 0.0
+  x1, y1, x2, y2 = [c * scale - off for c in roi]
+  rw, rh = x2 - x1, y2 - y1
+  if not aligned:
+    rw, rh = max(rw, 1.0), max(rh, 1.0)
+  bh, bw = rh / out, rw / out
+  gh = ratio if ratio > 0 else int(np.ceil(rh / out))
+  gw = ratio if ratio > 0 else int(np.ceil(rw / out))
+  res = np.zeros((out, out, f.shape[2]))
+  for p in range(out):
+    for q in range(out):
+      acc = np.zeros(f.shape[2])
+      for iy in range(gh):
+        y = y1 + p * bh + (iy + 0.5) * bh / gh
+        for ix in range(gw):
+          x = x1 + q * bw + (ix + 0.5) * bw / gw
+          acc += _bilinear(f, y, x)
+      res[p, q] = acc / max(gh * gw, 1)
+  return res
+
+
+def test_roi_align_matches_mmcvs_algorithm():
+  rng = np.random.default_rng(2)
+  feats = rng.normal(size=(2, 9, 11, 3)).astype(np.float32)
+  rois = np.asarray([[0, 0, 40, 30], [3.3, 5.1, 20.7, 19.9], [-8, -6, 10, 4], [30, 20, 60, 50],
+                     [10, 10, 10.5, 30], [0, 0, 0, 0]], np.float32)   # edges, outside, empty
+  idx = np.asarray([0, 1, 0, 1, 1, 0])
+  for ratio, aligned in ((0, True), (2, True), (0, False)):
+    got = np.asarray(boxes.roi_align(jnp.asarray(feats), jnp.asarray(rois), jnp.asarray(idx), 4,
+                                     0.25, ratio, aligned))
+    for r in range(len(rois)):
+      ref = _roi_align_loop(feats[idx[r]], rois[r], 4, 0.25, ratio, aligned)
+      np.testing.assert_allclose(got[r], ref, rtol=1e-5, atol=1e-5, err_msg=f"{r} {ratio}")
+  assert got.shape == (6, 4, 4, 3)
+
+
+def test_roi_levels_and_multi_level_pooling():
+  rois = jnp.asarray([[0, 0, 50, 50], [0, 0, 112, 112], [0, 0, 230, 230], [0, 0, 500, 500],
+                      [0, 0, 2000, 2000]], jnp.float32)
+  np.testing.assert_array_equal(np.asarray(boxes.map_roi_levels(rois, 4)), [0, 1, 2, 3, 3])
+  rng = np.random.default_rng(3)
+  levels = [jnp.asarray(rng.normal(size=(1, s, s, 2)), jnp.float32) for s in (32, 16, 8, 4)]
+  strides = (4, 8, 16, 32)
+  got = boxes.multi_level_roi_align(levels, rois, jnp.zeros(5, jnp.int32), strides, 3)
+  for r, k in enumerate([0, 1, 2, 3, 3]):
+    one = boxes.roi_align(levels[k], rois[r:r + 1], jnp.zeros(1, jnp.int32), 3, 1 / strides[k])
+    np.testing.assert_allclose(np.asarray(got[r]), np.asarray(one[0]), rtol=1e-5, atol=1e-6)

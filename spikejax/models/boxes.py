@@ -11,6 +11,8 @@ shapes under ``jax.jit``.
 * ``nms``: greedy NMS over a fixed number of candidates; boxes of different ``ids`` never
   suppress each other (mmcv ``batched_nms``, used per FPN level by the RPN and per class by
   the box head). Returns indices padded to a fixed length and their validity.
+* ``roi_align`` / ``map_roi_levels`` / ``multi_level_roi_align``: mmcv ``RoIAlign`` (aligned,
+  adaptive sampling up to a static grid) and mmdet's ``SingleRoIExtractor`` level mapping.
 
 Boxes are ``(x1, y1, x2, y2)`` in input pixels.
 """
@@ -120,3 +122,83 @@ def nms(boxes: Array, scores: Array, iou_threshold: float, max_out: int,
   picked = jnp.zeros((max_out + 1,), jnp.int32).at[slots].set(order.astype(jnp.int32))
   kept = jnp.zeros((max_out + 1,), bool).at[slots].set(alive)
   return picked[:max_out], kept[:max_out]
+
+
+def _axis_weights(start: Array, extent: Array, grid: Array, out: int, size: int,
+                  max_grid: int) -> Array:
+  """RoIAlign's sampling along one axis as a matrix ``(R, out, size)``: bin ``p`` averages
+  ``grid`` bilinear samples at ``start + (p + (i + 0.5) / grid) * extent / out`` (mmcv:
+  a sample beyond ``[-1, size]`` is 0, one below 0 reads 0, one at or past ``size - 1`` reads
+  the last row)."""
+  bin_size = extent / out
+  p = jnp.arange(out, dtype=start.dtype)[None, :, None]
+  i = jnp.arange(max_grid, dtype=start.dtype)[None, None, :]
+  g = jnp.maximum(grid, 1).astype(start.dtype)[:, None, None]
+  y = start[:, None, None] + p * bin_size[:, None, None] + (i + 0.5) * bin_size[:, None, None] / g
+  use = (i < grid[:, None, None]) & (y >= -1.0) & (y <= size)
+  y = jnp.maximum(y, 0.0)
+  low = jnp.floor(y).astype(jnp.int32)
+  last = low >= size - 1
+  low = jnp.where(last, size - 1, low)
+  high = jnp.where(last, size - 1, low + 1)
+  y = jnp.where(last, low.astype(y.dtype), y)
+  frac = y - low
+  rows = jnp.arange(size)
+  w = ((1 - frac)[..., None] * (rows == low[..., None]) + frac[..., None] * (rows == high[..., None]))
+  w = w * use[..., None]
+  return jnp.sum(w, axis=2) / g
+
+
+def roi_align(features: Array, rois: Array, batch_index: Array, output_size: int,
+              spatial_scale: float, sampling_ratio: int = 0, aligned: bool = True,
+              max_grid: int = 8) -> Array:
+  """mmcv ``RoIAlign`` on NHWC ``features (N, H, W, C)``: ``(R, out, out, C)``.
+
+  ``rois (R, 4)`` are input-pixel boxes of images ``batch_index (R,)``, mapped by
+  ``spatial_scale`` (1 / the level's stride); ``aligned`` shifts by half a pixel (mmcv's
+  default, the Mask R-CNN configs'). ``sampling_ratio = 0`` samples ``ceil(roi / out)`` points
+  per bin and axis, as mmcv, up to ``max_grid`` (static; exact while no RoI needs more).
+  Separable: two interpolation matrices per RoI contract the image's rows and columns.
+  """
+  n, h, w, _ = features.shape
+  offset = 0.5 if aligned else 0.0
+  boxes_f = rois.astype(jnp.float32) * spatial_scale - offset
+  x1, y1, x2, y2 = (boxes_f[:, k] for k in range(4))
+  rw, rh = x2 - x1, y2 - y1
+  if not aligned:
+    rw, rh = jnp.maximum(rw, 1.0), jnp.maximum(rh, 1.0)
+  if sampling_ratio > 0:
+    gw = gh = jnp.full(rois.shape[:1], sampling_ratio, jnp.int32)
+    max_grid = sampling_ratio
+  else:
+    gh = jnp.minimum(jnp.ceil(rh / output_size), max_grid).astype(jnp.int32)
+    gw = jnp.minimum(jnp.ceil(rw / output_size), max_grid).astype(jnp.int32)
+  wy = _axis_weights(y1, rh, gh, output_size, h, max_grid)
+  wx = _axis_weights(x1, rw, gw, output_size, w, max_grid)
+  f = features[jnp.clip(batch_index, 0, n - 1)].astype(jnp.float32)
+  out = jnp.einsum("rpy,ryxc->rpxc", wy, f)
+  return jnp.einsum("rqx,rpxc->rpqc", wx, out).astype(features.dtype)
+
+
+def map_roi_levels(rois: Array, num_levels: int, finest_scale: float = 56.0) -> Array:
+  """mmdet ``SingleRoIExtractor.map_roi_levels``: level ``floor(log2(sqrt(area) / 56 + 1e-6))``
+  clamped to ``[0, num_levels - 1]``."""
+  scale = jnp.sqrt(jnp.maximum((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]), 0.0))
+  level = jnp.floor(jnp.log2(scale / finest_scale + 1e-6))
+  return jnp.clip(level, 0, num_levels - 1).astype(jnp.int32)
+
+
+def multi_level_roi_align(levels: Sequence[Array], rois: Array, batch_index: Array,
+                          strides: Sequence[float], output_size: int, sampling_ratio: int = 0,
+                          max_grid: int = 8) -> Array:
+  """mmdet's ``SingleRoIExtractor``: each RoI pooled from the level ``map_roi_levels`` gives it,
+  at ``1 / strides[level]`` (the declared strides: trap 1). Static shapes: every level pools
+  every RoI and the mapped one is kept."""
+  which = map_roi_levels(rois, len(strides))
+  out = None
+  for k, (feat, stride) in enumerate(zip(levels, strides, strict=False)):
+    pooled = roi_align(feat, rois, batch_index, output_size, 1.0 / stride, sampling_ratio,
+                       True, max_grid)
+    pick = (which == k)[:, None, None, None]
+    out = jnp.where(pick, pooled, 0 if out is None else out)
+  return out
