@@ -149,3 +149,37 @@ def test_roi_levels_and_multi_level_pooling():
   for r, k in enumerate([0, 1, 2, 3, 3]):
     one = boxes.roi_align(levels[k], rois[r:r + 1], jnp.zeros(1, jnp.int32), 3, 1 / strides[k])
     np.testing.assert_allclose(np.asarray(got[r]), np.asarray(one[0]), rtol=1e-5, atol=1e-6)
+
+
+def _proposals_reference(rpn, level_anchors, shape, nms_pre, max_per_img, thr):
+  """mmdet's RPN post-processing in plain numpy: per-level top-k, decode, clip, NMS by level,
+  the best max_per_img."""
+  cand = []
+  for lvl, ((cls, reg), anc) in enumerate(zip(rpn, level_anchors)):
+    s = 1 / (1 + np.exp(-np.asarray(cls, np.float64).reshape(-1)))
+    d = np.asarray(reg).reshape(-1, 4)
+    idx = np.argsort(-s, kind="stable")[:nms_pre]
+    b = np.asarray(boxes.decode(jnp.asarray(anc[idx]), jnp.asarray(d[idx]), max_shape=shape))
+    ok = ((b[:, 2] - b[:, 0]) > 0) & ((b[:, 3] - b[:, 1]) > 0)
+    bi, si = b[ok], s[idx][ok]
+    for i in _greedy(bi, si, thr, np.zeros(len(si))):
+      cand.append((si[i], lvl, bi[i]))
+  cand.sort(key=lambda c: -c[0])
+  return cand[:max_per_img]
+
+
+def test_rpn_proposals_match_the_reference():
+  rng = np.random.default_rng(4)
+  sizes, strides = [(8, 8), (4, 4)], [4, 8]
+  rpn = [(jnp.asarray(rng.normal(size=(h, w, 3)), jnp.float32),
+          jnp.asarray(rng.normal(0, 0.3, size=(h, w, 12)), jnp.float32)) for h, w in sizes]
+  anc = [boxes.anchors(sz, st) for sz, st in zip(sizes, strides)]
+  f = jax.jit(boxes.rpn_proposals, static_argnums=(2, 3, 4, 5))
+  b, s, v = f(rpn, anc, (32, 32), 50, 40, 0.7)
+  ref = _proposals_reference(rpn, anc, (32, 32), 50, 40, 0.7)
+  n = int(np.asarray(v).sum())
+  assert n == len(ref) and np.asarray(v)[:n].all() and not np.asarray(v)[n:].any()
+  np.testing.assert_allclose(np.asarray(s)[:n], [c[0] for c in ref], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(b)[:n], np.stack([c[2] for c in ref]), rtol=1e-5,
+                             atol=1e-4)
+  assert b.shape == (40, 4) and (np.asarray(b)[:n, 2] <= 32).all()

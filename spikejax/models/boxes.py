@@ -13,6 +13,7 @@ shapes under ``jax.jit``.
   the box head). Returns indices padded to a fixed length and their validity.
 * ``roi_align`` / ``map_roi_levels`` / ``multi_level_roi_align``: mmcv ``RoIAlign`` (aligned,
   adaptive sampling up to a static grid) and mmdet's ``SingleRoIExtractor`` level mapping.
+* ``rpn_proposals``: the RPN's post-processing to a fixed number of proposals.
 
 Boxes are ``(x1, y1, x2, y2)`` in input pixels.
 """
@@ -202,3 +203,40 @@ def multi_level_roi_align(levels: Sequence[Array], rois: Array, batch_index: Arr
     pick = (which == k)[:, None, None, None]
     out = jnp.where(pick, pooled, 0 if out is None else out)
   return out
+
+
+def rpn_proposals(rpn: Sequence[tuple[Array, Array]], level_anchors: Sequence[Array],
+                  image_shape: tuple[int, int], nms_pre: int = 1000, max_per_img: int = 1000,
+                  iou_threshold: float = 0.7, min_size: float = 0.0,
+                  ) -> tuple[Array, Array, Array]:
+  """The RPN's proposals for one image (mmdet ``RPNHead`` post-processing, static shapes).
+
+  ``rpn``: per level ``(objectness (h, w, A), deltas (h, w, 4A))``; ``level_anchors``: the
+  level's ``anchors(...)`` ``(h * w * A, 4)``. Per level: sigmoid scores, the ``nms_pre`` best,
+  decoded (stds 1) and clipped to ``image_shape = (H, W)``, boxes not wider and taller than
+  ``min_size`` dropped, NMS at ``iou_threshold`` within the level (mmdet's ``batched_nms`` by
+  level); then the ``max_per_img`` best over all levels. Returns ``(boxes (max_per_img, 4),
+  scores (max_per_img,), valid (max_per_img,))``, best first.
+  """
+  all_boxes, all_scores, all_valid = [], [], []
+  for (cls, reg), anc in zip(rpn, level_anchors, strict=True):
+    scores = jax.nn.sigmoid(cls.reshape(-1).astype(jnp.float32))
+    deltas = reg.reshape(-1, 4).astype(jnp.float32)
+    k = min(nms_pre, scores.shape[0])
+    top, idx = jax.lax.top_k(scores, k)
+    b = decode(jnp.asarray(anc)[idx], deltas[idx], max_shape=image_shape)
+    ok = ((b[:, 2] - b[:, 0]) > min_size) & ((b[:, 3] - b[:, 1]) > min_size)
+    keep, kept = nms(b, top, iou_threshold, min(k, max_per_img), valid=ok)
+    all_boxes.append(b[keep])
+    all_scores.append(jnp.where(kept, top[keep], -jnp.inf))
+    all_valid.append(kept)
+  boxes_c = jnp.concatenate(all_boxes)
+  scores_c = jnp.concatenate(all_scores)
+  valid_c = jnp.concatenate(all_valid)
+  n = min(max_per_img, scores_c.shape[0])
+  best, order = jax.lax.top_k(scores_c, n)
+  out_boxes = jnp.zeros((max_per_img, 4), jnp.float32).at[:n].set(boxes_c[order])
+  out_scores = jnp.zeros((max_per_img,), jnp.float32).at[:n].set(
+      jnp.where(valid_c[order], best, 0.0))
+  out_valid = jnp.zeros((max_per_img,), bool).at[:n].set(valid_c[order])
+  return out_boxes, out_scores, out_valid
