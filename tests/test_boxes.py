@@ -183,3 +183,45 @@ def test_rpn_proposals_match_the_reference():
   np.testing.assert_allclose(np.asarray(b)[:n], np.stack([c[2] for c in ref]), rtol=1e-5,
                              atol=1e-4)
   assert b.shape == (40, 4) and (np.asarray(b)[:n, 2] <= 32).all()
+
+
+def test_max_iou_assigner_rules():
+  priors = jnp.asarray([[0, 0, 10, 10], [0, 0, 10, 8], [20, 20, 30, 30], [50, 50, 60, 60],
+                        [0, 0, 10, 5], [100, 100, 110, 110]], jnp.float32)
+  pv = jnp.asarray([True, True, True, True, True, False])
+  gt = jnp.asarray([[0, 0, 10, 10], [22, 22, 32, 32], [0, 0, 1, 1]], jnp.float32)
+  gv = jnp.asarray([True, True, False])
+  assigned, max_iou = boxes.assign_max_iou(priors, pv, gt, gv, 0.7, 0.3, 0.3)
+  # prior 0: IoU 1 with gt 0; prior 1: 0.8 -> gt 0; prior 2: IoU 64/136 = 0.47 with gt 1:
+  # ignored by the thresholds but gt 1's best, so a low-quality match; prior 3: negative;
+  # prior 4: IoU 0.5 with gt 0: ignore; prior 5: padding
+  np.testing.assert_array_equal(np.asarray(assigned), [1, 1, 2, 0, -1, -1])
+  np.testing.assert_allclose(float(max_iou[2]), 64 / 136, rtol=1e-6)
+  a2, _ = boxes.assign_max_iou(priors, pv, gt, gv, 0.7, 0.3, 0.5)   # min_pos_iou above 0.47
+  assert int(a2[2]) == -1
+  a3, _ = boxes.assign_max_iou(priors, pv, gt, jnp.zeros(3, bool), 0.7, 0.3, 0.3)
+  np.testing.assert_array_equal(np.asarray(a3), [0, 0, 0, 0, 0, -1])
+
+
+def test_random_sampler_fractions_and_padding():
+  assigned = jnp.asarray([1, 2, 0, 0, 0, -1, 3, 0, 0, 0, 0, 1], jnp.int32)
+  idx, pos, ok = boxes.sample_random(jax.random.key(0), assigned, 6, 0.5)
+  idx, pos, ok = np.asarray(idx), np.asarray(pos), np.asarray(ok)
+  assert ok.all() and pos.sum() == 3 and len(set(idx)) == 6
+  assert (np.asarray(assigned)[idx[pos]] > 0).all() and (np.asarray(assigned)[idx[~pos]] == 0).all()
+  # few positives: negatives fill the rest
+  few = jnp.asarray([0, 0, 0, 0, 0, 0, 2, -1], jnp.int32)
+  idx, pos, ok = boxes.sample_random(jax.random.key(1), few, 5, 0.5)
+  assert np.asarray(ok).all() and int(np.asarray(pos).sum()) == 1
+  # not enough of either: the rest is padding
+  idx, pos, ok = boxes.sample_random(jax.random.key(2), jnp.asarray([1, 0, -1], jnp.int32), 6,
+                                     0.5)
+  assert np.asarray(ok).sum() == 2 and np.asarray(pos).sum() == 1 and idx.shape == (6,)
+  assert sorted(np.asarray(idx)[np.asarray(ok)]) == [0, 1]
+  idx, pos, ok = boxes.sample_random(jax.random.key(3), jnp.asarray([1, 0], jnp.int32), 6, 0.5)
+  assert np.asarray(ok).tolist() == [True, True, False, False, False, False]
+  assert np.asarray(pos).tolist() == [True, False, False, False, False, False]
+  # different keys draw different subsets
+  draws = {tuple(sorted(np.asarray(boxes.sample_random(jax.random.key(k), assigned, 4, 0.5)[0])))
+           for k in range(8)}
+  assert len(draws) > 1

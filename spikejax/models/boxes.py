@@ -14,6 +14,7 @@ shapes under ``jax.jit``.
 * ``roi_align`` / ``map_roi_levels`` / ``multi_level_roi_align``: mmcv ``RoIAlign`` (aligned,
   adaptive sampling up to a static grid) and mmdet's ``SingleRoIExtractor`` level mapping.
 * ``rpn_proposals``: the RPN's post-processing to a fixed number of proposals.
+* ``assign_max_iou`` / ``sample_random``: mmdet's ``MaxIoUAssigner`` and ``RandomSampler``.
 
 Boxes are ``(x1, y1, x2, y2)`` in input pixels.
 """
@@ -240,3 +241,58 @@ def rpn_proposals(rpn: Sequence[tuple[Array, Array]], level_anchors: Sequence[Ar
       jnp.where(valid_c[order], best, 0.0))
   out_valid = jnp.zeros((max_per_img,), bool).at[:n].set(valid_c[order])
   return out_boxes, out_scores, out_valid
+
+
+def assign_max_iou(priors: Array, prior_valid: Array, gt: Array, gt_valid: Array,
+                   pos_iou: float, neg_iou: float, min_pos_iou: float,
+                   match_low_quality: bool = True) -> tuple[Array, Array]:
+  """mmdet ``MaxIoUAssigner`` at static shapes: ``(assigned (N,), max_iou (N,))`` where
+  ``assigned`` is ``-1`` ignore, ``0`` negative, ``g + 1`` the prior matched to gt ``g``.
+
+  Negative: best IoU in ``[0, neg_iou)``; positive: best IoU ``>= pos_iou``; with
+  ``match_low_quality`` every gt (in order, later ones winning) also takes each prior whose IoU
+  equals the gt's best, if that best is ``>= min_pos_iou``. Padded priors stay ``-1``; with no
+  valid gt every valid prior is negative.
+  """
+  iou = box_iou(gt, priors)                                   # (G, N)
+  iou = jnp.where(gt_valid[:, None] & prior_valid[None, :], iou, -1.0)
+  max_iou = jnp.max(iou, axis=0)
+  argmax = jnp.argmax(iou, axis=0)
+  assigned = jnp.full(priors.shape[:1], -1, jnp.int32)
+  assigned = jnp.where((max_iou >= 0) & (max_iou < neg_iou), 0, assigned)
+  assigned = jnp.where(max_iou >= pos_iou, argmax + 1, assigned)
+  if match_low_quality:
+    gt_max = jnp.max(iou, axis=1)
+
+    def body(g, assigned):
+      hit = (iou[g] == gt_max[g]) & (gt_max[g] >= min_pos_iou) & gt_valid[g] & prior_valid
+      return jnp.where(hit, g + 1, assigned)
+
+    assigned = jax.lax.fori_loop(0, gt.shape[0], body, assigned)
+  none = ~jnp.any(gt_valid)
+  assigned = jnp.where(none & prior_valid, 0, assigned)
+  return assigned, max_iou
+
+
+def sample_random(key: Array, assigned: Array, num: int, pos_fraction: float
+                  ) -> tuple[Array, Array, Array]:
+  """mmdet ``RandomSampler`` (``neg_pos_ub=-1``) at static shapes: up to ``int(num *
+  pos_fraction)`` positives drawn at random, negatives drawn to fill ``num``. Returns
+  ``(indices (num,), is_positive (num,), valid (num,))``, positives first; slots past what
+  there is to draw are invalid (index 0)."""
+  n = assigned.shape[0]
+  n_pos = int(num * pos_fraction)
+  u = jax.random.uniform(key, (n,))
+  extra = max(num - n, 0)                       # padding so that top_k always has num entries
+  pos_score = jnp.concatenate([jnp.where(assigned > 0, u, -1.0), -jnp.ones((extra,))])
+  neg_score = jnp.concatenate([jnp.where(assigned == 0, u, -1.0), -jnp.ones((extra,))])
+  ps, pi = jax.lax.top_k(pos_score, n_pos)
+  ns, ni = jax.lax.top_k(neg_score, num)
+  pos_ok = ps >= 0
+  neg_ok = (ns >= 0) & (jnp.arange(num) < num - jnp.sum(pos_ok))
+  idx = jnp.concatenate([pi, ni])
+  ok = jnp.concatenate([pos_ok, neg_ok])
+  is_pos = jnp.concatenate([pos_ok, jnp.zeros((num,), bool)])
+  order = jnp.argsort(~ok, stable=True)[:num]
+  ok = ok[order]
+  return jnp.where(ok, idx[order], 0).astype(jnp.int32), is_pos[order], ok
