@@ -172,22 +172,29 @@ _BACKBONES = {"espikeformer": (ESpikeFormer, ESpikeFormerConfig),
               "spikformer": (SpikformerEncoder, SpikformerConfig)}
 
 
-def _build_semfpn(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
-                  param_dtype=None, **overrides):
-  """A ``SemanticFPN``: ``config`` holds ``backbone_family``, the backbone's options and the
-  ``SemanticFPNConfig`` fields; each override goes to the one that has the field."""
-  config = dict(config)
-  model_cls, config_cls = _BACKBONES[config.pop("backbone_family")]
-  fpn_fields = {f.name for f in dataclasses.fields(SemanticFPNConfig)} - {"num_classes"}
-  bb_fields = {f.name for f in dataclasses.fields(config_cls)} - {"num_classes"}
-  fpn = {k: config.pop(k) for k in list(config) if k in fpn_fields}
-  bb, spk = dict(config, num_classes=0), dict(spike)
-  _route(overrides, [("neck/head", fpn_fields, fpn), ("backbone", bb_fields, bb),
-                     ("neuron", _SPIKE_FIELDS, spk)], "a Semantic FPN")
-  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
-  backbone = model_cls(config_cls(**bb), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
-  return SemanticFPN(backbone, SemanticFPNConfig(num_classes=num_classes, **fpn), dtype=dtype,
+def _dense_builder(model_cls, head_config_cls, head_label: str, label: str):
+  """A ``Variant.build`` for a dense-prediction model ``model_cls(backbone, head_config)``:
+  ``config`` holds ``backbone_family``, the backbone's options and the ``head_config_cls``
+  fields; each override goes to the one that has the field."""
+  def build(config: dict, spike: dict, *, num_classes, rngs, dtype=None, param_dtype=None,
+            **overrides):
+    config = dict(config)
+    bb_cls, config_cls = _BACKBONES[config.pop("backbone_family")]
+    head_fields = {f.name for f in dataclasses.fields(head_config_cls)} - {"num_classes"}
+    bb_fields = {f.name for f in dataclasses.fields(config_cls)} - {"num_classes"}
+    head = {k: config.pop(k) for k in list(config) if k in head_fields}
+    bb, spk = dict(config, num_classes=0), dict(spike)
+    _route(overrides, [(head_label, head_fields, head), ("backbone", bb_fields, bb),
+                       ("neuron", _SPIKE_FIELDS, spk)], label)
+    kw = {} if param_dtype is None else {"param_dtype": param_dtype}
+    backbone = bb_cls(config_cls(**bb), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
+    return model_cls(backbone, head_config_cls(num_classes=num_classes, **head), dtype=dtype,
                      rngs=rngs, **kw)
+  return build
+
+
+_build_semfpn = _dense_builder(SemanticFPN, SemanticFPNConfig, "neck/head", "a Semantic FPN")
+_build_maskrcnn = _dense_builder(MaskRCNN, MaskRCNNConfig, "neck/heads", "a Mask R-CNN")
 
 
 # Spiking Semantic FPN (addendum B.3, Table III; ADE20K's 150 classes): the E-SpikeFormer
@@ -213,24 +220,6 @@ register(Variant("semfpn_spikformer12_512", "semfpn", _build_semfpn,
                  dict(_LARGE, embed_dims=(128, 256, 512), rep_conv2=True, kd=False,
                       backbone_family="spikformer"), None, (), None, spike=_LARGE_SPIKE,
                  num_classes=150))
-
-
-def _build_maskrcnn(config: dict, spike: dict, *, num_classes, rngs, dtype=None,
-                    param_dtype=None, **overrides):
-  """A ``MaskRCNN``: ``config`` holds ``backbone_family``, the backbone's options and the
-  ``MaskRCNNConfig`` fields; each override goes to the one that has the field."""
-  config = dict(config)
-  model_cls, config_cls = _BACKBONES[config.pop("backbone_family")]
-  det_fields = {f.name for f in dataclasses.fields(MaskRCNNConfig)} - {"num_classes"}
-  bb_fields = {f.name for f in dataclasses.fields(config_cls)} - {"num_classes"}
-  det = {k: config.pop(k) for k in list(config) if k in det_fields}
-  bb, spk = dict(config, num_classes=0), dict(spike)
-  _route(overrides, [("neck/heads", det_fields, det), ("backbone", bb_fields, bb),
-                     ("neuron", _SPIKE_FIELDS, spk)], "a Mask R-CNN")
-  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
-  backbone = model_cls(config_cls(**bb), SpikeConfig(**spk), dtype=dtype, rngs=rngs, **kw)
-  return MaskRCNN(backbone, MaskRCNNConfig(num_classes=num_classes, **det), dtype=dtype,
-                  rngs=rngs, **kw)
 
 
 # Spiking Mask R-CNN (addendum B.1-B.2, Table II; COCO's 80 classes): the BASE E-SpikeFormer
