@@ -225,3 +225,18 @@ def test_random_sampler_fractions_and_padding():
   draws = {tuple(sorted(np.asarray(boxes.sample_random(jax.random.key(k), assigned, 4, 0.5)[0])))
            for k in range(8)}
   assert len(draws) > 1
+
+
+def test_grouped_roi_align_equals_the_flat_one():
+  B = boxes
+  rng = np.random.default_rng(4)
+  levels = [jnp.asarray(rng.normal(size=(3, 16 // 2 ** k, 20 // 2 ** k, 5)), jnp.float32)
+            for k in range(3)]
+  xy = rng.uniform(0, 50, size=(3, 6, 2))
+  wh = rng.uniform(2, 60, size=(3, 6, 2))
+  rois = jnp.asarray(np.concatenate([xy, xy + wh], -1), jnp.float32)
+  strides = (4, 8, 16)
+  got = B.multi_level_roi_align_grouped(levels, rois, strides, 7)
+  flat = B.multi_level_roi_align(levels, rois.reshape(-1, 4), jnp.repeat(jnp.arange(3), 6),
+                                 strides, 7)
+  np.testing.assert_allclose(np.asarray(got).reshape(flat.shape), np.asarray(flat), atol=1e-5)

@@ -46,6 +46,12 @@ SEMFPN = dict(embed_dims=(8, 16, 16, 16), block_depths=(1, 1), num_classes=5, in
 SEMFPN_LARGE = dict(embed_dims=(8, 16, 32), depth=2, num_classes=5, in_channels=1,
                     neck_channels=8, head_channels=8, layer_scale=0.5, drop_path_rate=0.0)
 
+# the spiking Mask R-CNN (addendum B.2): backbone, SpikeFPN, RPN, box and mask heads on the RoIs
+# of the fixed-size inference (1000 proposal slots, 100 detection slots per image)
+MASKRCNN = dict(embed_dims=(8, 16, 16, 16), block_depths=(1, 1), num_classes=3, in_channels=1,
+                num_heads=2, fpn_channels=8, fc_channels=16, rounding="half_up",
+                layer_scale=0.5)
+
 CASES = {
     "spikformer12_512": (lambda: create_model("spikformer12_512", rngs=nnx.Rngs(0), **LARGE),
                          (4, 32, 32, 1), 4),
@@ -60,6 +66,8 @@ CASES = {
                                                  **SEMFPN), (2, 32, 32, 1), 4),
     "semfpn_spikformer": (lambda: create_model("semfpn_spikformer12_512", rngs=nnx.Rngs(6),
                                                **SEMFPN_LARGE), (2, 32, 32, 1), 4),
+    "maskrcnn_espikeformer": (lambda: create_model("maskrcnn_espikeformer_l", rngs=nnx.Rngs(7),
+                                                   **MASKRCNN), (2, 32, 32, 1), 4),
 }
 
 
@@ -77,7 +85,7 @@ def test_spike_driven_equals_integer_float64(case):
   res = spike_driven.compare(model, x, float64=True)
   assert res["rounding"] == "half_up"
   assert res["mismatched_activations"] == 0, res["mismatched_layers"]
-  scale = float(jnp.max(jnp.abs(res["logits_integer"])))
+  scale = max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(res["logits_integer"]))
   assert scale > 0
   assert res["max_abs_logit_diff"] <= 1e-9 * max(scale, 1.0), (name, res["max_abs_logit_diff"])
   _, stats = spike_driven.run(model, x)
@@ -122,7 +130,8 @@ def test_energy_report(case):
   # every spiking layer feeds some synapse or spike product; a product of two trains is
   # weighted by its first operand's rate (spec §7): Q K^T by Q (E-SDSA), K^T V by K (LARGE)
   fed = {r["input"] for r in ac}
-  other = ("attn.k_spike" if name in ("espikeformer_dvs", "semfpn_espikeformer")   # E-SDSA
+  other = ("attn.k_spike" if name in ("espikeformer_dvs", "semfpn_espikeformer",   # E-SDSA
+                                      "maskrcnn_espikeformer")
            else "attn.v_spike")
   second = {n for n in spiking if n.endswith(other)}
   assert spiking - second <= fed, spiking - second - fed
@@ -133,6 +142,12 @@ def test_energy_report(case):
   assert rep["time_steps"] == T and rep["spike_max"] == 4
   if name.startswith(("spik", "semfpn_spik")):   # LARGE: RepConv's 2nd conv sees reals: MACs
     assert any(r["op"] == "MAC" and ".conv2." in r["layer"] for r in rows[1:]), name
+  if name.startswith("maskrcnn"):   # B.5: RoIAlign and fc_cls / fc_reg are MACs, per image
+    macs = {r["layer"]: r["macs"] for r in rows if r["op"] == "MAC"}
+    assert {"bbox_roi_align", "mask_roi_align", "bbox_head.fc_cls", "bbox_head.fc_reg"} <= set(macs)
+    assert macs["bbox_head.fc_cls"] == 16 * 4 * 1000       # (fc 16 -> 3 + 1) x 1000 proposals
+    assert macs["mask_roi_align"] == 100 * 14 * 14 * 8 * 4 * 4   # 100 detections, 2 x 2 samples
+    assert sum(r["layer"] == "rpn_head.rpn_conv" for r in rows) == 5   # shared over 5 levels
 
 
 def test_spike_trains_only_reach_synapses():

@@ -163,6 +163,30 @@ def roi_align(features: Array, rois: Array, batch_index: Array, output_size: int
   Separable: two interpolation matrices per RoI contract the image's rows and columns.
   """
   n, h, w, _ = features.shape
+  wy, wx = _roi_weights(rois, output_size, spatial_scale, sampling_ratio, aligned, max_grid,
+                        h, w)
+  f = features[jnp.clip(batch_index, 0, n - 1)].astype(jnp.float32)
+  out = jnp.einsum("rpy,ryxc->rpxc", wy, f)
+  return jnp.einsum("rqx,rpxc->rpqc", wx, out).astype(features.dtype)
+
+
+def roi_align_grouped(features: Array, rois: Array, output_size: int, spatial_scale: float,
+                      sampling_ratio: int = 0, aligned: bool = True, max_grid: int = 8) -> Array:
+  """``roi_align`` for RoIs grouped by image: ``features (G, H, W, C)``, ``rois (G, R, 4)`` (RoI
+  ``r`` of image ``g``) -> ``(G, R, out, out, C)``. The same arithmetic, without copying an
+  image's features per RoI: the interpolation matrices contract the image directly."""
+  g_, r_ = rois.shape[:2]
+  _, h, w, _ = features.shape
+  wy, wx = _roi_weights(rois.reshape(-1, 4), output_size, spatial_scale, sampling_ratio,
+                        aligned, max_grid, h, w)
+  wy = wy.reshape(g_, r_, output_size, h)
+  wx = wx.reshape(g_, r_, output_size, w)
+  f = features.astype(jnp.float32)
+  out = jnp.einsum("grpy,gyxc->grpxc", wy, f)
+  return jnp.einsum("grqx,grpxc->grpqc", wx, out).astype(features.dtype)
+
+
+def _roi_weights(rois, output_size, spatial_scale, sampling_ratio, aligned, max_grid, h, w):
   offset = 0.5 if aligned else 0.0
   boxes_f = rois.astype(jnp.float32) * spatial_scale - offset
   x1, y1, x2, y2 = (boxes_f[:, k] for k in range(4))
@@ -175,11 +199,23 @@ def roi_align(features: Array, rois: Array, batch_index: Array, output_size: int
   else:
     gh = jnp.minimum(jnp.ceil(rh / output_size), max_grid).astype(jnp.int32)
     gw = jnp.minimum(jnp.ceil(rw / output_size), max_grid).astype(jnp.int32)
-  wy = _axis_weights(y1, rh, gh, output_size, h, max_grid)
-  wx = _axis_weights(x1, rw, gw, output_size, w, max_grid)
-  f = features[jnp.clip(batch_index, 0, n - 1)].astype(jnp.float32)
-  out = jnp.einsum("rpy,ryxc->rpxc", wy, f)
-  return jnp.einsum("rqx,rpxc->rpqc", wx, out).astype(features.dtype)
+  return (_axis_weights(y1, rh, gh, output_size, h, max_grid),
+          _axis_weights(x1, rw, gw, output_size, w, max_grid))
+
+
+def multi_level_roi_align_grouped(levels: Sequence[Array], rois: Array, strides: Sequence[float],
+                                  output_size: int, sampling_ratio: int = 0,
+                                  max_grid: int = 8) -> Array:
+  """``multi_level_roi_align`` for RoIs grouped by image (``rois (G, R, 4)`` on levels of
+  ``G`` images): ``(G, R, out, out, C)``."""
+  which = map_roi_levels(rois.reshape(-1, 4), len(strides)).reshape(rois.shape[:2])
+  out = None
+  for k, (feat, stride) in enumerate(zip(levels, strides, strict=False)):
+    pooled = roi_align_grouped(feat, rois, output_size, 1.0 / stride, sampling_ratio, True,
+                               max_grid)
+    pick = (which == k)[..., None, None, None]
+    out = jnp.where(pick, pooled, 0 if out is None else out)
+  return out
 
 
 def map_roi_levels(rois: Array, num_levels: int, finest_scale: float = 56.0) -> Array:

@@ -38,6 +38,8 @@ from flax import nnx
 from spikejax.models.layers import SpikeConfig, conv2d, linear, make_neuron
 from spikejax.models.layers import torch_bias_init, torch_kernel_init
 from spikejax.models.segmentation import head_spike_config, resize_nearest
+from spikejax.spiking import record
+from spikejax.spiking.spike_train import is_train
 
 Array = jax.Array
 
@@ -161,11 +163,22 @@ class ConvTranspose2x2(nnx.Module):
     self.bias = nnx.Param(torch_bias_init(fan_in)(rngs.params(), (cout,), param_dtype))
     self.dtype = dtype
 
-  def __call__(self, x: Array) -> Array:
-    dtype = self.dtype or x.dtype
-    y = jnp.einsum("nhwc,abco->nhawbo", x.astype(dtype), self.kernel[...].astype(dtype))
-    n, h, _, w, _, c = y.shape
-    return y.reshape(n, 2 * h, 2 * w, c) + self.bias[...].astype(dtype)
+  def __call__(self, x) -> Array:
+    """NHWC ``x`` (or a ``SpikeTrain``: its sub-steps' currents summed, spike-driven)."""
+    kernel = self.kernel[...]
+    if is_train(x):
+      dtype = self.dtype or x.bits.dtype
+      w = kernel.astype(dtype) * jnp.asarray(x.scale, dtype)
+      y = jnp.sum(jnp.einsum("dnhwc,abco->dnhawbo", x.bits.astype(dtype), w), axis=0)
+      shape = x.bits.shape[1:]
+    else:
+      dtype = self.dtype or x.dtype
+      y = jnp.einsum("nhwc,abco->nhawbo", x.astype(dtype), kernel.astype(dtype))
+      shape = x.shape
+    n, h, _, w_, _, c = y.shape
+    # each input pixel meets each of the 2 x 2 taps once: MACs = kernel size x input pixels
+    record.synapse(self, "conv", x, shape[:-1] + (c,))
+    return y.reshape(n, 2 * h, 2 * w_, c) + self.bias[...].astype(dtype)
 
 
 class SpikeFCNMaskHead(nnx.Module):
@@ -291,4 +304,17 @@ class MaskRCNN(nnx.Module):
     """The dense outputs: ``(levels, rpn)``; proposals, RoIs and the heads come after."""
     levels = self.pyramid(x)
     return levels, self.rpn(levels)
+
+  def predict(self, x, image_hw=None, test=None):
+    """Fixed-size detections (``spikejax.models.maskrcnn.predict``; ``test``: a
+    ``MaskRCNNTestConfig``, default mmdet's test settings): what inference, spike-driven runs,
+    firing statistics and energy evaluate."""
+    from spikejax.models import maskrcnn   # pylint: disable=import-outside-toplevel
+    return maskrcnn.predict(self, x, image_hw, test or maskrcnn.MaskRCNNTestConfig())
+
+  def loss(self, batch, key, train=None, mask_stride: int = 1):
+    """``(total, parts)``: the training losses of a detection batch (``maskrcnn.losses``)."""
+    from spikejax.models import maskrcnn   # pylint: disable=import-outside-toplevel
+    return maskrcnn.losses(self, batch, key, train or maskrcnn.MaskRCNNTrainConfig(),
+                           mask_stride)
 

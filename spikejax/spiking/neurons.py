@@ -386,10 +386,13 @@ class SubstepIF(Neuron):
     name = rec.name(self)
     d, T = bits.shape[0], self.time_steps
     per_t = bits.reshape(d, T, -1)
-    rec.spikes[name] = jnp.sum(per_t, axis=2).T.astype(jnp.float32)          # (T, D)
-    rec.neurons[name] = per_t.shape[2] // (u.shape[0] // T)
-    rec.mismatch[name] = jnp.sum(jnp.sum(bits, axis=0) != self.source.counts(u)
-                                 ).astype(jnp.int32)
+    # a neuron shared by several inputs (a detector's RPN head on every level) adds them up
+    spikes = jnp.sum(per_t, axis=2).T.astype(jnp.float32)          # (T, D)
+    neurons = per_t.shape[2] // (u.shape[0] // T) * rec.per_image(u.shape[0])
+    wrong = jnp.sum(jnp.sum(bits, axis=0) != self.source.counts(u)).astype(jnp.int32)
+    rec.spikes[name] = rec.spikes[name] + spikes if name in rec.spikes else spikes
+    rec.neurons[name] = rec.neurons.get(name, 0) + neurons
+    rec.mismatch[name] = rec.mismatch[name] + wrong if name in rec.mismatch else wrong
     if name in rec.map_names:
       if bits.ndim != 5:
         raise ValueError(f"spike maps need a spatial layer (N, H, W, C); {name} has shape "

@@ -9,6 +9,7 @@ traced call; ``sown_histograms`` reads them back by layer name. ``LayerFiring`` 
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 from typing import Any, Iterator
 
@@ -133,7 +134,9 @@ def sown_histograms(intermediates, kind: str = "spike_hist") -> dict[str, jax.Ar
     if path[-1] != kind:
       continue
     v = var.get_value()
-    hists[module_name(path[:-1])] = v[0] if isinstance(v, tuple) else v
+    if isinstance(v, tuple):   # a neuron called more than once (a shared head): every call
+      v = functools.reduce(lambda a, b: a + b, v) if kind == "spike_hist" else v[0]
+    hists[module_name(path[:-1])] = v
   return hists
 
 
@@ -211,6 +214,12 @@ class SpikeDrivenRecorder:
   def name(self, module) -> str:
     return self.names.get(id(module), f"<unnamed {type(module).__name__}>")
 
+  def per_image(self, leading: int) -> int:
+    """Rows of a merged leading axis per image and timestep: 1 for ``T * B`` (images), ``R``
+    for the ``T * B * R`` RoIs of a detector's heads (so counts stay per image)."""
+    n = int(leading) // max(self.time_steps * self.batch, 1)
+    return max(n, 1)
+
 
 _ACTIVE: list[SpikeDrivenRecorder] = []
 
@@ -237,9 +246,18 @@ def synapse(layer, kind: str, inputs, output_shape) -> None:
   per_example = 1
   for s in output_shape[1:-1]:     # output positions per example (leading axis: T * B)
     per_example *= int(s)
+  per_example *= rec.per_image(output_shape[0])
   source = rec.name(inputs.source) if is_train(inputs) else None
   rec.ops.append(OpRecord(rec.name(layer), kind, int(k.size) * per_example, source,
                           tuple(k.shape)))
+
+
+def real_op(name: str, kind: str, macs_per_image: int, shape=()) -> None:
+  """Records an operation on real values outside any layer (e.g. a detector's RoIAlign): MACs
+  per image and timestep, no input neuron (so energy counts it as MACs)."""
+  rec = active_recorder()
+  if rec is not None:
+    rec.ops.append(OpRecord(name, kind, int(macs_per_image), None, tuple(shape)))
 
 
 def matmul(spec: str, a, b, *, op=None, name: str = "matmul") -> None:
@@ -254,7 +272,7 @@ def matmul(spec: str, a, b, *, op=None, name: str = "matmul") -> None:
   total = 1
   for v in sizes.values():
     total *= int(v)
-  per_example = total // int(a.shape[0])    # leading axis: the merged T * B
+  per_example = total // int(a.shape[0]) * rec.per_image(a.shape[0])   # leading: T * B
   source = next(rec.name(t.source) for t in (a, b) if is_train(t))
   prefix = rec.name(op) if op is not None else ""
   shape = tuple(int(sizes[c]) for c in dict.fromkeys(sa[1:] + sb[1:]))
