@@ -227,6 +227,14 @@ def jit_eval_fn(fn: Callable) -> Callable:
   return eval_step
 
 
+def _addressable(x):
+  """``x`` whole on this process (an all-gather over processes where it is sharded)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils   # pylint: disable=import-outside-toplevel
+    return multihost_utils.process_allgather(x, tiled=True)
+  return x
+
+
 def eval_step_for(task, config) -> Callable:
   return jit_eval_fn(task.eval_fn(config))
 
@@ -237,9 +245,12 @@ def evaluate(model, eval_step, ds, mesh, max_steps=None, *, task, firing: bool =
   spiking layer's histogram of counts per real timestep (sown inside the jitted step; one host
   transfer per batch) under ``firing``. Padding rows of the last eval batch are excluded from
   the task's metrics (its eval step weighs them by ``mask``) but not from the histograms.
+  Outputs named in ``task.collected`` are per-example arrays (e.g. detections), gathered from
+  every process and handed to ``aggregate`` as a list of the batches' arrays, not summed.
   ``maps=k``: the first batch also records the spike maps of its first ``k`` examples
   (``maps``: ``{layer: (k, H, W)}``, their inputs under ``map_inputs``)."""
-  totals: dict[str, float] = {}
+  totals: dict[str, Any] = {}
+  collected = frozenset(getattr(task, "collected", ()))
   hists: dict[str, np.ndarray] = {}
   res_maps, map_inputs = {}, None
   model.eval()
@@ -249,10 +260,13 @@ def evaluate(model, eval_step, ds, mesh, max_steps=None, *, task, firing: bool =
         break
       k = min(maps, len(batch["image"])) if i == 0 else 0
       with record.recording(model, firing, maps=k):
-        out = jax.device_get(eval_step(model, sharding_lib.shard_batch(batch, mesh),
-                                       jnp.asarray(i, jnp.int32)))
+        out = eval_step(model, sharding_lib.shard_batch(batch, mesh), jnp.asarray(i, jnp.int32))
+        out = jax.device_get({k: _addressable(v) if k in collected else v
+                              for k, v in out.items()})
       for key, v in out.items():
-        if key not in ("firing", "maps"):   # scalars, or arrays such as a confusion matrix
+        if key in collected:                # per-example outputs: kept batch by batch
+          totals.setdefault(key, []).append(np.asarray(v))
+        elif key not in ("firing", "maps"):   # scalars, or arrays such as a confusion matrix
           v = np.asarray(v, np.float64)
           totals[key] = totals.get(key, 0.0) + (float(v) if v.ndim == 0 else v)
       for key, v in out.get("firing", {}).items():

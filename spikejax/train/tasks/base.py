@@ -31,6 +31,8 @@ class Task:
     logged: eval metrics written as scalars ``<prefix>/<name>`` (``prefix`` is ``eval``).
     row_names: the history-row (``summary.json``) key of each logged metric.
     families: model families this task trains; ``None``: any family no other task claims.
+    collected: eval-step outputs that are per-example arrays (e.g. detections): the evaluation
+      hands ``aggregate`` a list of them, one per batch, instead of their sum.
   """
 
   name: str = ""
@@ -40,6 +42,7 @@ class Task:
   logged: tuple[str, ...] = ("loss",)
   row_names: Mapping[str, str] = {}
   families: tuple[str, ...] | None = None
+  collected: tuple[str, ...] = ()
 
   # ------------------------------------------------------------------ config
   def for_config(self, config) -> "Task":
