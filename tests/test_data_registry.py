@@ -26,7 +26,8 @@ def test_every_registered_spec_is_consistent():
           "har_dvs"} <= set(names)
   assert sorted(D.DATASETS) == names == sorted(D.list_datasets("image") +
                                                D.list_datasets("event") +
-                                               D.list_datasets("segmentation"))
+                                               D.list_datasets("segmentation") +
+                                               D.list_datasets("detection"))
   assert sorted(D.SPECS) == D.list_datasets("image")
   assert sorted(D.EVENT_SPECS) == D.list_datasets("event")
   for name in names:
@@ -43,6 +44,10 @@ def test_every_registered_spec_is_consistent():
       assert len(spec.mean) in (1, c) and len(spec.std) in (1, c)
       assert isinstance(spec.seg, SegPipelineConfig) and spec.label_feature
       assert spec.example_shape() == (h, w, c)
+    elif spec.kind == "detection":
+      assert name not in D.SPECS and name not in D.EVENT_SPECS
+      assert len(spec.mean) in (1, c) and len(spec.std) in (1, c)
+      assert isinstance(spec.det, D.DetPipelineConfig) and spec.example_shape() == (h, w, c)
     elif spec.kind == "image":
       assert name in D.SPECS and name not in D.EVENT_SPECS
       assert len(spec.mean) in (1, c) and len(spec.std) in (1, c)

@@ -27,6 +27,10 @@ Public API::
 
   Event sets (kind 'event'): batch['image'] float32 [B, T, S, S, 2] (batch-major);
   spikejax.data.model_input(x) gives the models' time-major [T, B, ...].
+  Segmentation sets: spikejax.data.seg_pipeline; detection sets (kind 'detection':
+  fashion_mnist_scenes_det(_tiny), coco, coco_mock): spikejax.data.det_pipeline's batch
+  contract (image, image_hw, gt_boxes, gt_classes, gt_valid, gt_iscrowd, gt_masks; eval also
+  mask, scale, image_id), pipeline options DetPipelineConfig (augment=...).
 
 The data sets (``spikejax.data.registry``; one table for image and event sets)::
 
@@ -76,6 +80,8 @@ the 60000 training images).
 from spikejax.data import augment, sources, transforms
 from spikejax.data.augment import AugmentConfig
 from spikejax.data.batching import Dataset
+from spikejax.data.det_augment import DetPipelineConfig
+from spikejax.data.det_pipeline import DetectionDataset
 from spikejax.data.errors import DataError, MissingDataError
 from spikejax.data.event_pipeline import EventDataset, FrameConfig, model_input
 from spikejax.data.fashion_mnist import prepare_fashion_mnist
@@ -89,6 +95,8 @@ __all__ = [
     "DATASETS",
     "Dataset",
     "DatasetSpec",
+    "DetPipelineConfig",
+    "DetectionDataset",
     "EVENT_SPECS",
     "EventDataset",
     "FrameConfig",

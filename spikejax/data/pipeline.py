@@ -13,6 +13,8 @@ from typing import Any, Mapping
 from spikejax.data import transforms as T
 from spikejax.data.augment import AugmentConfig, augment_config
 from spikejax.data.batching import Batch, Dataset, check_sharding, eval_batch, resolve_process
+from spikejax.data.det_augment import DetPipelineConfig, det_pipeline_config
+from spikejax.data.det_pipeline import DetectionDataset
 from spikejax.data.event_pipeline import EventDataset, FrameConfig, frame_config
 from spikejax.data.images import ImageDataset, load_split_arrays
 from spikejax.data.registry import DATASETS, EVENT_SPECS, SPECS, DatasetSpec, get_spec
@@ -53,7 +55,9 @@ def get_dataset(name: str | DatasetSpec, *, split: str, batch_size: int,
       32), CIFAR-10 resized, ImageNet eval resized to ``floor(image_size / crop_pct)`` and
       center-cropped. Event sets: the frame side (sets ``frames.size``).
     augment: ``'default'`` (``spec.augment``), ``None``/``'none'``, an ``AugmentConfig`` or a
-      mapping of its fields. Ignored when ``train=False``.
+      mapping of its fields. Ignored when ``train=False``. Segmentation / detection sets: a
+      ``SegPipelineConfig`` / ``DetPipelineConfig`` or a mapping of its fields (eval keeps
+      their non-random options: label mapping, eval resize, canvas, instance rows, masks).
     process_index, process_count: this process's shard; default ``jax.process_index()`` /
       ``jax.process_count()``.
     channels: output channels; 3 replicates a grey channel. Event sets: 2 (OFF, ON) only.
@@ -70,6 +74,18 @@ def get_dataset(name: str | DatasetSpec, *, split: str, batch_size: int,
   """
   spec = name if isinstance(name, DatasetSpec) else get_spec(name)
   process_index, process_count = resolve_process(process_index, process_count)
+  if spec.kind == "detection":
+    if frames is not None:
+      raise ValueError(f"frames= applies to event data sets, not {spec.name!r}")
+    # eval keeps the pipeline's instance rows, masks, canvas and eval resize, no random op
+    pipe = det_pipeline_config(augment, spec.det)
+    if not train:
+      pipe = DetPipelineConfig.none(pipe)
+    return DetectionDataset(spec, split=split, batch_size=batch_size, data_dir=data_dir,
+                            train=train, seed=seed, image_size=image_size, augment=pipe,
+                            process_index=process_index, process_count=process_count,
+                            channels=channels, num_epochs=num_epochs, download=download,
+                            num_workers=num_workers, prefetch=prefetch)
   if spec.kind == "segmentation":
     if frames is not None:
       raise ValueError(f"frames= applies to event data sets, not {spec.name!r}")

@@ -3,7 +3,7 @@
 Public API::
 
   spec = get_spec(name)     # ValueError naming the registered ones (and a close match)
-  list_datasets(kind=None)  # sorted names; kind 'image' | 'event'
+  list_datasets(kind=None)  # sorted names; kind 'image' | 'event' | 'segmentation' | 'detection'
   register(spec, replace=False) / unregister(name)
   DATASETS                  # read-only name -> DatasetSpec view of the table (live)
   SPECS, EVENT_SPECS        # the same, image / event sets only
@@ -14,7 +14,9 @@ A new data set is one ``register(DatasetSpec(...))`` with a ``builder`` that ret
 from ``spikejax.data.get_dataset``.
 
 The built-in sets (bottom of this file): ``fashion_mnist``, ``cifar10``, ``imagenet2012``
-(image), ``event_fashion_mnist``, ``cifar10_dvs``, ``har_dvs`` (event; spec section 6).
+(image), ``event_fashion_mnist``, ``cifar10_dvs``, ``har_dvs`` (event; spec section 6),
+``fashion_mnist_scenes(_tiny)``, ``scene_parse150(_mock)`` (segmentation),
+``fashion_mnist_scenes_det(_tiny)``, ``coco``, ``coco_mock`` (detection; addendum B.2).
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from typing import Any, Callable, Iterator, Mapping
 from spikejax.data import fashion_mnist as fmnist
 from spikejax.data import transforms as T
 from spikejax.data.augment import AugmentConfig
+from spikejax.data.det_augment import DetPipelineConfig, coco_pipeline
 from spikejax.data.seg_augment import SegPipelineConfig
-from spikejax.data.sources import Source, TfdsBuilder
+from spikejax.data.sources import Source, TfdsBuilder, open_tfds_source
 
-KINDS = ("image", "event", "segmentation")
+KINDS = ("image", "event", "segmentation", "detection")
+#: kinds whose examples are images (normalised with the spec's mean/std)
+_PIXEL_KINDS = ("image", "segmentation", "detection")
 FITS = ("pad", "resize", "center_crop")
 EVENT_FORMATS = ("events", "frame_images")
 
@@ -44,7 +49,9 @@ class DatasetSpec:
   Attributes:
     name: registry key (for tfds sets also the tfds name unless the builder says otherwise).
     kind: ``'image'`` (batches ``image`` float32 ``[B, S, S, C]``) or ``'event'`` (batches
-      ``image`` float32 ``[B, T, S, S, 2]``: T frames of OFF/ON channels).
+      ``image`` float32 ``[B, T, S, S, 2]``: T frames of OFF/ON channels); ``'segmentation'``
+      (``spikejax.data.seg_pipeline``), ``'detection'`` (``spikejax.data.det_pipeline``:
+      ``input_shape`` is the default canvas).
     num_classes: labels are ``0 .. num_classes - 1``; the classifier's output width.
     input_shape: ``(H, W, C)`` of ONE model input example at the default size (H == W).
       Image sets: the image ``get_dataset`` yields with ``image_size=None, channels=None``
@@ -69,6 +76,9 @@ class DatasetSpec:
     seg: segmentation sets: the pipeline (``seg_augment.SegPipelineConfig``: label mapping,
       the default train augmentation, the eval resize).
     label_feature: segmentation sets: the record key of the class map.
+    det: detection sets: the pipeline (``det_augment.DetPipelineConfig``: instance rows,
+      mask stride, canvas, the default train augmentation, the eval resize).
+    class_names: the names of classes ``0 .. num_classes - 1`` where known (empty: unknown).
     description: one line for listings.
   """
   name: str
@@ -86,6 +96,8 @@ class DatasetSpec:
   event_format: str = "events"
   seg: SegPipelineConfig = dataclasses.field(default_factory=SegPipelineConfig)
   label_feature: str = "segmentation"
+  det: DetPipelineConfig = dataclasses.field(default_factory=DetPipelineConfig)
+  class_names: tuple[str, ...] = ()
   description: str = ""
 
   def __post_init__(self):
@@ -94,6 +106,7 @@ class DatasetSpec:
     set_("mean", tuple(float(v) for v in self.mean))
     set_("std", tuple(float(v) for v in self.std))
     set_("splits", dict(self.splits))
+    set_("class_names", tuple(str(n) for n in self.class_names))
     if self.sensor_size is not None:
       set_("sensor_size", tuple(int(v) for v in self.sensor_size))
     where = f"DatasetSpec {self.name!r}"
@@ -113,7 +126,10 @@ class DatasetSpec:
       raise ValueError(f"{where}: augment must be an AugmentConfig, got {self.augment!r}")
     if any(not isinstance(n, int) or n < 0 for n in self.splits.values()):
       raise ValueError(f"{where}: split sizes must be integers >= 0, got {self.splits}")
-    if self.kind in ("image", "segmentation"):
+    if self.class_names and len(self.class_names) != self.num_classes:
+      raise ValueError(f"{where}: {len(self.class_names)} class_names for {self.num_classes} "
+                       "classes")
+    if self.kind in _PIXEL_KINDS:
       for key in ("mean", "std"):
         if len(getattr(self, key)) not in (1, c):
           raise ValueError(f"{where}: {key} needs 1 or {c} values, got {getattr(self, key)}")
@@ -149,7 +165,7 @@ class DatasetSpec:
     """Shape of one example of ``get_dataset``'s ``image`` with these overrides: image sets
     ``(S, S, C)``; event sets ``(T, S, S, 2)`` (``time_steps`` required)."""
     s = image_size or self.image_size
-    if self.kind in ("image", "segmentation"):
+    if self.kind in _PIXEL_KINDS:
       return (s, s, channels or self.channels)
     if time_steps is None:
       raise ValueError(f"{self.name}: the shape of an event example needs time_steps "
@@ -348,3 +364,87 @@ register(DatasetSpec(
                           eval_scale=(128, 64), eval_size=(128, 128)),
     splits={"train": 24, "validation": 4},
     description="24 + 4 synthetic ADE20K-like records in memory (smoke runs and tests)"))
+
+
+# --------------------------------------------------------------------------- detection sets
+
+FMNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot")
+#: COCO 2017's 80 categories in category-id order (tfds ``objects/label`` 0..79).
+COCO_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
+
+
+def _scenes_det_builder(config: str) -> Builder:
+  """The segmentation scenes' tfds set, read with the image and the instance map encoded."""
+  seg = _scenes_builder(config)
+
+  def build(spec, split: str, *, data_dir: str | None = None, download: bool = True) -> Source:
+    del spec
+    seg.setup()
+    return open_tfds_source(seg.tfds_name, split, data_dir=data_dir, download=download,
+                            images=True, prepare=seg.prepare, hint=seg.hint,
+                            encoded=("instances", "segmentation"))
+  return build
+
+
+for _name, _config, _splits in [("fashion_mnist_scenes_det", "s96",
+                                 {"train": 60000, "test": 10000}),
+                                ("fashion_mnist_scenes_det_tiny", "tiny",
+                                 {"train": 256, "test": 64})]:
+  register(DatasetSpec(
+      name=_name, kind="detection", num_classes=10, input_shape=(96, 96, 1),
+      builder=_scenes_det_builder(_config), mean=(fmnist.MEAN,), std=(fmnist.STD,),
+      det=DetPipelineConfig(max_instances=4, mask_stride=1, flip=True), splits=_splits,
+      class_names=FMNIST_CLASS_NAMES,
+      description=f"the fashion_mnist_scenes{'_tiny' if _config == 'tiny' else ''} set as "
+                  "instances: 1-4 garments (10 classes), boxes and masks; test scenes from the "
+                  "test garments only"))
+
+
+def _coco_builder(spec, split: str, *, data_dir: str | None = None,
+                  download: bool = True) -> Source:
+  del spec
+  return open_tfds_source(
+      "coco/2017", split, data_dir=data_dir, download=download, images=True, manual=True,
+      hint="`tfds build coco/2017 --file_format=array_record` on a machine with the network "
+           "(then copy the data dir here)")
+
+
+register(DatasetSpec(
+    name="coco", kind="detection", num_classes=80, input_shape=(1344, 1344, 3),
+    builder=_coco_builder, mean=T.IMAGENET_MEAN, std=T.IMAGENET_STD,
+    # mmdet's mask-rcnn_sdeformer_fpn_1x_coco (addendum B.2, trap 4): Resize (853, 512),
+    # flip, DETR-style RandomChoice (multi-scale | resize, crop (384, 600), multi-scale);
+    # test Resize (1333, 800); a 1344 x 1344 canvas, masks at stride 4
+    det=coco_pipeline(), splits={"train": 118287, "validation": 5000},
+    class_names=COCO_CLASS_NAMES,
+    description="COCO 2017 (tfds coco/2017, prepared elsewhere; masks from the official "
+                "instances_*2017.json)"))
+
+
+def _mock_coco(spec: DatasetSpec, split: str, **kwargs) -> Source:
+  return _import_seg_datasets().mock_coco(spec, split, **kwargs)
+
+
+register(DatasetSpec(
+    name="coco_mock", kind="detection", num_classes=80, input_shape=(128, 128, 3),
+    builder=_mock_coco, mean=T.IMAGENET_MEAN, std=T.IMAGENET_STD,
+    # the official pipeline's structure at about 1/10 of its sizes (canvas 128)
+    det=DetPipelineConfig(max_instances=8, mask_stride=4, canvas=(128, 128), flip=True,
+                          initial_resize=True, initial_scale=(80, 48),
+                          train_scales=tuple((126, s) for s in (48, 56, 64, 72, 76)),
+                          crop_scales=((400, 40), (400, 48), (400, 56)), crop_size=(36, 56),
+                          eval_scale=(126, 76)),
+    splits={"train": 8, "validation": 4}, class_names=COCO_CLASS_NAMES,
+    description="8 + 4 synthetic COCO-like records in memory, masks as RLEs (smoke runs and "
+                "tests)"))

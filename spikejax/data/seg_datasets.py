@@ -129,3 +129,144 @@ def mock_scene_parse150(spec, split: str, *, data_dir=None, download=True):
     image = (rng.integers(0, 60, (h, w, 3)) + (label[..., None] * [1, 3, 7]) % 196)
     records.append({"image": image.astype(np.uint8), "annotation": label})
   return RecordSource(records, location="<scene_parse150_mock>")
+
+
+# --------------------------------------------------------------------------- coco_mock
+
+#: (height, width) of the mock's images: landscape, portrait, square.
+COCO_MOCK_SIZES = ((96, 128), (128, 96), (80, 120), (120, 80), (64, 64), (100, 150),
+                   (150, 100), (72, 96))
+COCO_MOCK_SPLITS = {"train": (8, 100), "validation": (4, 900)}   # examples, first image id
+COCO_MOCK_CATEGORIES = ((0, 1, "person"), (1, 2, "bicycle"), (2, 3, "car"), (3, 4, "motorcycle"),
+                        (4, 5, "airplane"))   # (label, COCO category id, name)
+
+
+def mock_coco_examples(split: str) -> list[dict]:
+  """The ``coco_mock`` examples of ``split`` (a pure function of it) as plain arrays:
+  ``image`` uint8 ``[h, w, 3]``, ``image_id``, and per instance (annotation order)
+  ``masks`` bool ``[n, h, w]`` (visible pixels; later shapes occlude earlier ones), ``boxes``
+  ``[n, 4]`` ``(x1, y1, x2, y2)`` pixels (the masks' extents, x2/y2 exclusive), ``labels``
+  (0..4), ``iscrowd``, ``ids`` (annotation ids). Train example 1 and validation example 0 end
+  with a crowd region (scattered dots); train example 2 has 10 instances (more than the
+  mock's ``max_instances`` of 8)."""
+  base = split.split("[")[0]
+  if base not in COCO_MOCK_SPLITS:
+    raise ValueError(f"coco_mock has splits 'train' and 'validation', got {split!r}")
+  n, first_id = COCO_MOCK_SPLITS[base]
+  out = []
+  for i in range(n):
+    rng = np.random.default_rng([11, 0 if base == "train" else 1, i])
+    h, w = COCO_MOCK_SIZES[(i + (3 if base == "validation" else 0)) % len(COCO_MOCK_SIZES)]
+    image = rng.integers(0, 40, (h, w, 3)).astype(np.uint8)
+    owner = np.full((h, w), -1, np.int32)
+    count = 10 if (base, i) == ("train", 2) else int(rng.integers(2, 6))
+    labels, crowd = [], []
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(count):
+      ph, pw = int(rng.integers(8, h // 2)), int(rng.integers(8, w // 2))
+      y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+      if rng.random() < 0.5:    # a rectangle
+        shape = (yy >= y0) & (yy < y0 + ph) & (xx >= x0) & (xx < x0 + pw)
+      else:                     # an ellipse
+        cy, cx = y0 + (ph - 1) / 2, x0 + (pw - 1) / 2
+        shape = ((yy - cy) / (ph / 2)) ** 2 + ((xx - cx) / (pw / 2)) ** 2 <= 1
+      owner[shape] = k
+      label = int(rng.integers(0, len(COCO_MOCK_CATEGORIES)))
+      image[shape] = np.asarray([60 + 40 * label, 200 - 30 * label, 50 + 35 * k % 200])
+      labels.append(label)
+      crowd.append(False)
+    if (base, i) in (("train", 1), ("validation", 0)):   # a crowd of dots, on top
+      dots = ((yy % 6 < 2) & (xx % 6 < 2) & (yy < h // 3) & (xx < w // 3))
+      owner[dots] = count
+      image[dots] = 230
+      labels.append(0)
+      crowd.append(True)
+    masks, boxes, keep = [], [], []
+    for k in range(len(labels)):
+      m = owner == k
+      if m.sum() < 4:           # hidden under later shapes: not annotated
+        continue
+      ys, xs = np.nonzero(m)
+      masks.append(m)
+      boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+      keep.append(k)
+    image_id = first_id + i
+    out.append({"image": image, "image_id": image_id, "masks": np.asarray(masks, bool),
+                "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+                "labels": np.asarray([labels[k] for k in keep], np.int64),
+                "iscrowd": np.asarray([crowd[k] for k in keep], bool),
+                "ids": np.asarray([image_id * 100 + k for k in keep], np.int64)})
+  return out
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+  import io   # pylint: disable=import-outside-toplevel
+  from PIL import Image   # pylint: disable=import-outside-toplevel
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def mock_coco(spec, split: str, *, data_dir=None, download=True, masks: bool = True):
+  """``coco_mock``: ``mock_coco_examples(split)`` in tfds ``coco/2017``'s record layout
+  (``image`` encoded (PNG, lossless), ``image/id``, ``image/filename``, ``objects`` with
+  ``bbox`` normalised ``(ymin, xmin, ymax, xmax)`` float32, ``label``, ``is_crowd``, ``id``,
+  ``area``) plus ``objects/segmentation``: the instance masks as compressed COCO RLEs
+  (``masks=False``: left out, as in the real tfds records; the masks then come from the
+  annotation file, ``write_mock_coco_annotations``). A pure function of the split."""
+  del spec, data_dir, download
+  from pycocotools import mask as mask_util  # pylint: disable=import-outside-toplevel
+  from spikejax.data.sources import RecordSource   # pylint: disable=import-outside-toplevel
+  records = []
+  for ex in mock_coco_examples(split):
+    h, w = ex["image"].shape[:2]
+    b = ex["boxes"]
+    objects = {"bbox": np.stack([b[:, 1] / h, b[:, 0] / w, b[:, 3] / h, b[:, 2] / w],
+                                -1).astype(np.float32).reshape(-1, 4),
+               "label": ex["labels"], "is_crowd": ex["iscrowd"], "id": ex["ids"],
+               "area": ex["masks"].reshape(len(b), -1).sum(-1).astype(np.int64)}
+    if masks:
+      objects["segmentation"] = [mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+                                 for m in ex["masks"]]
+    records.append({"image": _encode_png(ex["image"]), "image/id": ex["image_id"],
+                    "image/filename": f"{ex['image_id']:012d}.png", "objects": objects})
+  return RecordSource(records, location="<coco_mock>")
+
+
+def write_mock_coco_annotations(directory: str, split: str) -> str:
+  """Write ``coco_mock``'s ``instances_{train,val}2017.json`` (the official file's layout:
+  ``images``, ``annotations`` with ``segmentation`` (polygon-free: RLE, uncompressed for the
+  crowd regions as COCO stores them, compressed otherwise), ``bbox`` ``[x, y, w, h]``,
+  ``iscrowd``, ``category_id``, ``categories``) into ``directory``; returns its path."""
+  import json   # pylint: disable=import-outside-toplevel
+  import os   # pylint: disable=import-outside-toplevel
+  from pycocotools import mask as mask_util  # pylint: disable=import-outside-toplevel
+  base = split.split("[")[0]
+  images, anns = [], []
+  cat_id = {label: cid for label, cid, _ in COCO_MOCK_CATEGORIES}
+  for ex in mock_coco_examples(base):
+    h, w = ex["image"].shape[:2]
+    images.append({"id": int(ex["image_id"]), "height": h, "width": w,
+                   "file_name": f"{ex['image_id']:012d}.png"})
+    for m, b, label, crowd, ann_id in zip(ex["masks"], ex["boxes"], ex["labels"],
+                                           ex["iscrowd"], ex["ids"]):
+      if crowd:   # COCO's crowd regions: uncompressed RLE (column-major run lengths)
+        flat = m.reshape(-1, order="F").astype(np.int8)
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+        runs = np.diff(bounds).tolist()
+        seg = {"size": [h, w], "counts": ([0] if flat[0] else []) + runs}
+      else:
+        rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+        seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+      anns.append({"id": int(ann_id), "image_id": int(ex["image_id"]),
+                   "category_id": cat_id[int(label)], "iscrowd": int(crowd),
+                   "segmentation": seg, "area": float(m.sum()),
+                   "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+  cats = [{"id": cid, "name": name, "supercategory": name}
+          for _, cid, name in COCO_MOCK_CATEGORIES]
+  name = {"train": "train2017", "validation": "val2017"}[base]
+  path = os.path.join(directory, f"instances_{name}.json")
+  os.makedirs(directory, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+  return path
