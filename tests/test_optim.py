@@ -327,3 +327,18 @@ def test_ema_update():
   st = nnx.as_pure(nnx.state(model, nnx.Param))
   out = jax.jit(ema_update)(st, jax.tree.map(jnp.zeros_like, st), jnp.float32(0.99996))
   np.testing.assert_allclose(out["kernel"], st["kernel"] * np.float32(0.99996), rtol=1e-6)
+
+
+def test_warmup_multistep_schedule_is_mmdets():
+  """LinearLR(start 0.001, 1000 iters) then MultiStepLR(x0.1 at epochs 8 and 11 of 12)."""
+  from spikejax.train import optim as optim_lib
+  total = 1200                          # 12 "epochs" of 100 steps
+  s = optim_lib.warmup_multistep_schedule(2e-4, total_steps=total, warmup_steps=100)
+  lr = lambda t: float(s(t))
+  np.testing.assert_allclose(lr(0), 2e-7, rtol=1e-5)                 # 0.001 x base
+  np.testing.assert_allclose(lr(50), 2e-4 * (0.001 + 0.999 * 0.5), rtol=1e-5)
+  np.testing.assert_allclose([lr(100), lr(799)], [2e-4] * 2, rtol=1e-6)
+  np.testing.assert_allclose([lr(800), lr(1099)], [2e-5] * 2, rtol=1e-5)   # epoch 9 on
+  np.testing.assert_allclose([lr(1100), lr(1199)], [2e-6] * 2, rtol=1e-5)  # epoch 12
+  with pytest.raises(ValueError, match="fractions of the run"):
+    optim_lib.warmup_multistep_schedule(1.0, total_steps=10, warmup_steps=1, milestones=(8,))

@@ -30,7 +30,7 @@ from spikejax.train import sharding as sharding_lib
 from spikejax.train import tasks as tasks_lib
 
 OPTIMIZERS = ("adamw", "lamb")
-SCHEDULES = ("warmup_cosine", "constant", "warmup_poly")
+SCHEDULES = ("warmup_cosine", "constant", "warmup_poly", "warmup_multistep")
 
 
 # run settings that count something: at least 1 (None: unset, where the config allows it)
@@ -134,7 +134,9 @@ def schedule_steps(config, steps_per_epoch: int) -> int:
 
 def make_schedule(config, total_steps: int, steps_per_epoch: int) -> Callable:
   """The learning rate per step: linear warmup over ``warmup_epochs`` then half-cosine to
-  ``min_lr`` (spec §4.3, §5, §6.3), or ``optimizer.schedule='constant'``: ``optimizer.lr``."""
+  ``min_lr`` (spec §4.3, §5, §6.3); ``optimizer.schedule='constant'``: ``optimizer.lr``;
+  ``'warmup_poly'`` (mmseg, B.3); ``'warmup_multistep'`` (mmdet, B.2: ``milestones`` as
+  fractions of the run, ``gamma``, ``warmup_start_factor``)."""
   oc = config.optimizer
   if oc.get("schedule", SCHEDULES[0]) == "constant":
     lr = float(oc.lr)
@@ -143,6 +145,14 @@ def make_schedule(config, total_steps: int, steps_per_epoch: int) -> Callable:
   if oc.get("schedule") == "warmup_poly":   # mmseg LinearLR + PolyLR (addendum B.3)
     return optim.warmup_poly_schedule(oc.lr, total_steps=total_steps, warmup_steps=warmup,
                                       power=oc.get("poly_power", 1.0), min_lr=config.min_lr)
+  if oc.get("schedule") == "warmup_multistep":   # mmdet LinearLR + MultiStepLR (addendum B.2)
+    try:
+      return optim.warmup_multistep_schedule(
+          oc.lr, total_steps=total_steps, warmup_steps=warmup,
+          milestones=tuple(oc.get("milestones", (8 / 12, 11 / 12))),
+          gamma=oc.get("gamma", 0.1), warmup_start_factor=oc.get("warmup_start_factor", 1e-3))
+    except ValueError as e:
+      raise ConfigError(f"optimizer (warmup_multistep): {e}") from None
   return optim.warmup_cosine_schedule(oc.lr, total_steps=total_steps, warmup_steps=warmup,
                                       min_lr=config.min_lr)
 
