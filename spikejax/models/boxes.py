@@ -207,14 +207,21 @@ def multi_level_roi_align_grouped(levels: Sequence[Array], rois: Array, strides:
                                   output_size: int, sampling_ratio: int = 0,
                                   max_grid: int = 8) -> Array:
   """``multi_level_roi_align`` for RoIs grouped by image (``rois (G, R, 4)`` on levels of
-  ``G`` images): ``(G, R, out, out, C)``."""
+  ``G`` images): ``(G, R, out, out, C)``. A level no RoI maps to is skipped (``lax.cond``; the
+  small objects of a scene never reach the coarse levels)."""
   which = map_roi_levels(rois.reshape(-1, 4), len(strides)).reshape(rois.shape[:2])
-  out = None
+  shape = rois.shape[:2] + (output_size, output_size, levels[0].shape[-1])
+  out = jnp.zeros(shape, levels[0].dtype)
   for k, (feat, stride) in enumerate(zip(levels, strides, strict=False)):
-    pooled = roi_align_grouped(feat, rois, output_size, 1.0 / stride, sampling_ratio, True,
-                               max_grid)
-    pick = (which == k)[..., None, None, None]
-    out = jnp.where(pick, pooled, 0 if out is None else out)
+    pick = which == k
+
+    def pool(feat, rois, pick=pick, stride=stride):
+      pooled = roi_align_grouped(feat, rois, output_size, 1.0 / stride, sampling_ratio, True,
+                                 max_grid)
+      return jnp.where(pick[..., None, None, None], pooled, 0).astype(feat.dtype)
+
+    out = out + jax.lax.cond(jnp.any(pick), pool,
+                             lambda feat, rois: jnp.zeros(shape, feat.dtype), feat, rois)
   return out
 
 

@@ -403,14 +403,20 @@ def transfer_weights(values: dict[str, Any], model) -> dict[str, list[str]]:
   return {"loaded": loaded, "fresh": fresh, "dropped": dropped}
 
 
+# the output layer's bias of each kind of model: its length is the number of classes
+CLASS_BIASES = ("head/bias", "decode_head/conv_seg/bias", "mask_head/conv_logits/bias")
+
+
 def _classifier_bias(values) -> str:
   """The key of the output layer's bias (its length is the number of classes): ``head/bias``
-  of a classifier, ``decode_head/conv_seg/bias`` of a segmentation model."""
-  for key in ("head/bias", "decode_head/conv_seg/bias"):
+  of a classifier, ``decode_head/conv_seg/bias`` of a segmentation model,
+  ``mask_head/conv_logits/bias`` of a Mask R-CNN (one mask per class)."""
+  for key in CLASS_BIASES:
     if key in values:
       return key
-  raise ValueError("the checkpoint has no classifier (head/bias) nor segmentation head "
-                   "(decode_head/conv_seg/bias): it is not a model load_trained can rebuild.")
+  raise ValueError("the checkpoint has no classifier (head/bias), segmentation head "
+                   "(decode_head/conv_seg/bias) nor mask head (mask_head/conv_logits/bias): it "
+                   "is not a model load_trained can rebuild.")
 
 
 def load_trained(path: str, *, use_ema: bool = False, **overrides):

@@ -246,7 +246,8 @@ def evaluate(model, eval_step, ds, mesh, max_steps=None, *, task, firing: bool =
   transfer per batch) under ``firing``. Padding rows of the last eval batch are excluded from
   the task's metrics (its eval step weighs them by ``mask``) but not from the histograms.
   Outputs named in ``task.collected`` are per-example arrays (e.g. detections), gathered from
-  every process and handed to ``aggregate`` as a list of the batches' arrays, not summed.
+  every process, not summed: each batch's go through ``task.collect`` (which may compact them)
+  and ``aggregate`` finds the list of those under ``totals['collected']``.
   ``maps=k``: the first batch also records the spike maps of its first ``k`` examples
   (``maps``: ``{layer: (k, H, W)}``, their inputs under ``map_inputs``)."""
   totals: dict[str, Any] = {}
@@ -263,10 +264,11 @@ def evaluate(model, eval_step, ds, mesh, max_steps=None, *, task, firing: bool =
         out = eval_step(model, sharding_lib.shard_batch(batch, mesh), jnp.asarray(i, jnp.int32))
         out = jax.device_get({k: _addressable(v) if k in collected else v
                               for k, v in out.items()})
+      if collected:                         # per-example outputs: kept batch by batch
+        totals.setdefault("collected", []).append(
+            task.collect({k: np.asarray(out[k]) for k in collected if k in out}))
       for key, v in out.items():
-        if key in collected:                # per-example outputs: kept batch by batch
-          totals.setdefault(key, []).append(np.asarray(v))
-        elif key not in ("firing", "maps"):   # scalars, or arrays such as a confusion matrix
+        if key not in ("firing", "maps") and key not in collected:   # sums (e.g. a confusion
           v = np.asarray(v, np.float64)
           totals[key] = totals.get(key, 0.0) + (float(v) if v.ndim == 0 else v)
       for key, v in out.get("firing", {}).items():

@@ -32,7 +32,8 @@ class Task:
     row_names: the history-row (``summary.json``) key of each logged metric.
     families: model families this task trains; ``None``: any family no other task claims.
     collected: eval-step outputs that are per-example arrays (e.g. detections): the evaluation
-      hands ``aggregate`` a list of them, one per batch, instead of their sum.
+      passes each batch's through ``collect`` and hands ``aggregate`` the list of the results
+      under ``totals['collected']``, instead of summing them.
   """
 
   name: str = ""
@@ -82,6 +83,11 @@ class Task:
   def aggregate(self, totals: Mapping[str, float]) -> dict[str, Any]:
     """Metrics of one evaluation from the sums of ``eval_fn`` over every batch."""
     raise NotImplementedError(f"task {self.name!r} defines no aggregate")
+
+  def collect(self, outputs: Mapping[str, Any]) -> Any:
+    """One batch's ``collected`` outputs (numpy, whole batch) as the evaluation keeps them
+    until ``aggregate`` (default: as they are)."""
+    return dict(outputs)
 
   def result_files(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """JSON files (``{name: content}``) of one evaluation beyond the logged scalars (e.g.

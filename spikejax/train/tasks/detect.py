@@ -7,13 +7,14 @@ Eval: whole-image inference to fixed-size detections (``maskrcnn.predict``: scor
 per-class NMS 0.5, 100 per image, mask threshold 0.5); the eval step returns them with the
 batch's ground truth, the evaluation collects every batch (``collected``) and ``aggregate``
 runs the COCO evaluation (``spikejax.train.coco_eval``: bbox and segm mAP@[.5:.95], mAP@0.5,
-per class) on the host. The ground truth is the batch's: boxes and masks in the network's input
+per class) on the host; each batch is kept as COCO records with RLE masks (``collect``). The ground truth is the batch's: boxes and masks in the network's input
 frame, so areas (small / medium / large) are those of the resized images. The best evaluation
 is the highest box mAP@0.5 (the paper's Table II metric).
 
 ``config.detection`` (all optional): ``train`` / ``test`` -- overrides of
-``MaskRCNNTrainConfig`` / ``MaskRCNNTestConfig`` fields (unknown keys are errors); ``seed``;
-``mask_stride`` -- the ground-truth masks' subsampling in the batches (the data pipeline's).
+``MaskRCNNTrainConfig`` / ``MaskRCNNTestConfig`` fields (unknown keys are errors); ``seed``.
+The instances per image and the ground-truth masks' stride come from the data set's detection
+pipeline (``spikejax.data.det_augment.DetPipelineConfig``, with ``config.augment``).
 """
 
 from __future__ import annotations
@@ -54,19 +55,35 @@ def _dataclass_from(cls, values, what: str):
     raise ConfigError(f"config.detection.{what}: {e}") from None
 
 
-def settings(config) -> tuple[MR.MaskRCNNTrainConfig, MR.MaskRCNNTestConfig, int, int]:
-  """``(train settings, test settings, seed, mask_stride)`` of ``config.detection``."""
+def settings(config) -> tuple[MR.MaskRCNNTrainConfig, MR.MaskRCNNTestConfig, int]:
+  """``(train settings, test settings, seed)`` of ``config.detection``."""
   det = _settings(config)
-  unknown = sorted(set(det) - {"train", "test", "seed", "mask_stride"})
+  unknown = sorted(set(det) - {"train", "test", "seed"})
   if unknown:
-    raise ConfigError(f"config.detection: unknown key(s) {unknown}; the keys are ['mask_stride',"
-                      f" 'seed', 'test', 'train'].")
-  stride = det.get("mask_stride", 1)
-  if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-    raise ConfigError(f"config.detection.mask_stride must be an integer >= 1, got {stride!r}.")
+    raise ConfigError(f"config.detection: unknown key(s) {unknown}; the keys are ['seed', "
+                      f"'test', 'train'].")
   return (_dataclass_from(MR.MaskRCNNTrainConfig, det.get("train"), "train"),
           _dataclass_from(MR.MaskRCNNTestConfig, det.get("test"), "test"),
-          int(det.get("seed", 0)), stride)
+          int(det.get("seed", 0)))
+
+
+def pipeline(config):
+  """The detection pipeline ``config`` trains with (``None`` for an unknown data set or a data
+  set of another kind: the data and family checks report those)."""
+  from spikejax.data import registry   # pylint: disable=import-outside-toplevel
+  from spikejax.data.det_augment import det_pipeline_config   # pylint: disable=import-outside-toplevel
+  try:
+    spec = registry.get_spec(config.get("dataset"))
+  except (KeyError, ValueError, TypeError):
+    return None, None
+  if spec.kind != "detection":
+    return spec, None
+  augment = config.get("augment", "none")
+  augment = augment.to_dict() if hasattr(augment, "to_dict") else augment
+  try:
+    return spec, det_pipeline_config(augment, spec.det)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.augment: {e}") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,6 +135,19 @@ def detection_batch_spec(global_batch: int, image_shape, max_instances: int, mas
           "gt_masks": s((b, m, h // mask_stride, w // mask_stride), jnp.uint8)}
 
 
+def _plain(v):
+  """``v`` with numpy arrays and scalars as JSON values (lists, floats, ints)."""
+  if isinstance(v, dict):
+    return {str(k): _plain(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [_plain(x) for x in v]
+  if isinstance(v, np.ndarray):
+    return _plain(v.tolist())
+  if isinstance(v, np.generic):
+    return v.item()
+  return v
+
+
 METRICS = ("bbox_map_50", "bbox_map", "segm_map_50", "segm_map")
 
 
@@ -132,26 +162,33 @@ class Detect(base.Task):
 
   def __init__(self, train_cfg=MR.MaskRCNNTrainConfig(), test_cfg=MR.MaskRCNNTestConfig(),
                seed: int = 0, mask_stride: int = 1, max_instances: int | None = None,
-               num_classes: int | None = None):
+               num_classes: int | None = None, class_names=None):
     self.train_cfg, self.test_cfg = train_cfg, test_cfg
     self.seed, self.mask_stride, self.max_instances = seed, mask_stride, max_instances
     self.num_classes = num_classes
+    self.class_names = tuple(class_names) if class_names else None
     self.train_step = make_train_step(train_cfg, mask_stride)
 
   def for_config(self, config):
-    train_cfg, test_cfg, seed, stride = settings(config)
-    num_classes = None
-    if config.get("dataset"):
-      from spikejax.data import registry   # pylint: disable=import-outside-toplevel
-      try:
-        num_classes = registry.get_spec(config.dataset).num_classes
-      except (KeyError, ValueError):
-        num_classes = None      # the data checks name an unknown data set themselves
-    return Detect(train_cfg, test_cfg, seed, stride, config.get("max_instances"), num_classes)
+    train_cfg, test_cfg, seed = settings(config)
+    spec, pipe = pipeline(config)
+    if pipe is None:
+      return Detect(train_cfg, test_cfg, seed)
+    names = spec.class_names if len(spec.class_names or ()) == spec.num_classes else None
+    return Detect(train_cfg, test_cfg, seed, pipe.mask_stride, pipe.max_instances,
+                  spec.num_classes, names)
 
   def validate(self, config, family):
     del family
     settings(config)
+    spec, pipe = pipeline(config)
+    if spec is not None and pipe is None:
+      raise ConfigError(f"task='detect' needs a detection data set (boxes and instance "
+                        f"masks); {spec.name!r} is a {spec.kind} one. Detection sets: e.g. "
+                        f"fashion_mnist_scenes_det, coco.")
+    if pipe is not None and not pipe.masks:
+      raise ConfigError("task='detect' trains Mask R-CNN's mask head: the pipeline needs "
+                        "masks (augment.masks=True).")
 
   def step_args(self, config, mesh):
     del config, mesh
@@ -160,22 +197,32 @@ class Detect(base.Task):
   def batch_spec(self, global_batch, num_classes, image_shape):
     del num_classes
     if self.max_instances is None:
-      raise ConfigError("the detection batch spec needs config.max_instances (the instances per "
-                        "image the data pipeline pads to).")
+      raise ConfigError("the detection batch spec needs the data set's detection pipeline "
+                        "(instances per image, mask stride): set config.dataset to one.")
     return detection_batch_spec(global_batch, image_shape, self.max_instances, self.mask_stride)
 
   def eval_fn(self, config):
     return make_eval_fn(settings(config)[1])
 
+  def collect(self, outputs):
+    """One batch's detections and ground truth as COCO images and results, masks pasted and
+    RLE-encoded (a COCO evaluation never holds every image's dense masks)."""
+    from spikejax.train import coco_eval   # pylint: disable=import-outside-toplevel
+    return coco_eval.arrays_to_coco(outputs, mask_stride=self.mask_stride,
+                                    mask_thr=self.test_cfg.mask_thr)
+
   def aggregate(self, totals):
     from spikejax.train import coco_eval   # pylint: disable=import-outside-toplevel
-    if not totals.get("boxes"):
+    batches = totals.get("collected") or []
+    images = [im for ims, _ in batches for im in ims]
+    dets = [d for _, ds in batches for d in ds]
+    if not images:
       return {**{k: float("nan") for k in self.logged}, "examples": 0}
-    cat = {k: np.concatenate(totals[k]) for k in COLLECTED}
-    num_classes = self.num_classes or self._num_classes(cat)
-    images, dets = coco_eval.arrays_to_coco(cat, mask_stride=self.mask_stride,
-                                            mask_thr=self.test_cfg.mask_thr)
-    res = coco_eval.coco_metrics(images, dets, num_classes=num_classes)
+    num_classes = self.num_classes or 1 + max(
+        [int(np.max(im["gt_classes"], initial=-1)) for im in images]
+        + [int(np.max(d["classes"], initial=-1)) for d in dets])
+    names = list(self.class_names) if self.class_names else None
+    res = coco_eval.coco_metrics(images, dets, num_classes=num_classes, class_names=names)
     out: dict[str, Any] = {"examples": len(images)}
     for kind in ("bbox", "segm"):
       for k, v in res[kind].items():
@@ -184,12 +231,8 @@ class Detect(base.Task):
       out[k] = float("nan") if out.get(k) is None else float(out[k])
     return out
 
-  @staticmethod
-  def _num_classes(cat) -> int:
-    return int(max(cat["gt_classes"].max(initial=-1), cat["classes"].max(initial=-1)) + 1)
-
   def result_files(self, metrics):
-    return {"detection.json": {k: v for k, v in metrics.items()}}
+    return {"detection.json": _plain(dict(metrics))}
 
   def describe(self, metrics):
     return (f"box mAP@0.5 {metrics['bbox_map_50']:.4f} mAP {metrics['bbox_map']:.4f}, mask "
