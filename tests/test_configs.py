@@ -23,6 +23,8 @@ FILES = {
     "table5_fashion_mnist": [("e_sfa", "v2_t1", "v2_t4", "v2_sfa"), ("runlocal",)],
     "seg_fashion_mnist_scenes": [("v2",), ("layer_scale",), ("runlocal",)],
     "ade20k_semfpn": [("m", "l", "v2"), ("runlocal",)],
+    "det_fashion_mnist_scenes": [("v2",), ("runlocal",)],
+    "coco_maskrcnn": [("l", "m", "v2_15m", "v2_55m"), ("runlocal",)],
 }
 
 # Values of each file's default config (``get_config()``) as they were before configs/common.py.
@@ -109,6 +111,24 @@ PINNED = {
         "augment.train_scale": (2048, 512), "augment.ratio_range": (0.5, 2.0),
         "augment.crop_size": 512, "augment.cat_max_ratio": 0.75, "augment.photometric": True,
         "augment.eval_scale": (2048, 512), "spike.rounding": "half_even"},
+    "det_fashion_mnist_scenes": {
+        "task": "detect", "dataset": "fashion_mnist_scenes_det", "model_name":
+        "maskrcnn_espikeformer_m", "image_size": 96, "channels": 1, "batch_size": 16,
+        "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.05, "optimizer.decay_all": True,
+        "optimizer.schedule": "warmup_multistep", "time_budget_minutes": 44.0,
+        "model.embed_dims": (32, 64, 128, 192), "model.block_depths": (2, 1),
+        "model.fpn_channels": 32, "model.fc_channels": 256, "model.mask_convs": 2,
+        "detection.train.rcnn_num": 64, "detection.test.max_per_img": 20,
+        "spike.rounding": "half_even", "augment.flip": True, "eval_every_steps": None},
+    "coco_maskrcnn": {   # addendum B.2, traps 4-5
+        "task": "detect", "dataset": "coco", "eval_split": "validation",
+        "model_name": "maskrcnn_espikeformer_l", "batch_size": 8, "optimizer.name": "adamw",
+        "optimizer.lr": 2e-4, "optimizer.weight_decay": 0.05, "optimizer.decay_all": True,
+        "optimizer.b1": 0.9, "optimizer.b2": 0.999, "optimizer.eps": 1e-8,
+        "optimizer.schedule": "warmup_multistep", "optimizer.milestones": (8 / 12, 11 / 12),
+        "optimizer.gamma": 0.1, "optimizer.warmup_start_factor": 1e-3, "num_epochs": 12.0,
+        "warmup_epochs": 1_000 / 14_785, "eval_every_epochs": 1, "spike.rounding": "half_even",
+        "dtype": "float32"},
 }
 
 
