@@ -2,7 +2,8 @@
 
 The spike-map and energy notebooks build (once, shared through the cache directory) two tiny
 Fashion-MNIST models, the segmentation notebook the untrained ``runlocal`` model of
-configs/seg_fashion_mnist_scenes.py on the ``tiny`` scenes set (untrained in tiny mode: the
+configs/seg_fashion_mnist_scenes.py on the ``tiny`` scenes set, the detection notebook that of
+configs/det_fashion_mnist_scenes.py (untrained in tiny mode: the
 analysis code is under test here, not the learning); all read everything through the public
 API; any failing cell fails the test.
 Needs the Debian Fashion-MNIST files (``launch/setup.sh`` installs them).
@@ -18,11 +19,11 @@ from nbclient import NotebookClient
 from spikejax.data import fashion_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["spike_maps.ipynb", "energy.ipynb", "segmentation.ipynb"]
+NOTEBOOKS = ["spike_maps.ipynb", "energy.ipynb", "segmentation.ipynb", "detection.ipynb"]
 FIGURES = {"spike_maps.ipynb": 3, "energy.ipynb": 1,    # matplotlib figures each one draws
-           "segmentation.ipynb": 3}
+           "segmentation.ipynb": 3, "detection.ipynb": 2}
 MARKER = {"spike_maps.ipynb": "SFA model:", "energy.ipynb": "SFA model:",
-          "segmentation.ipynb": "SEG model:"}
+          "segmentation.ipynb": "SEG model:", "detection.ipynb": "DET model:"}
 
 
 def _have_data():
@@ -47,6 +48,7 @@ def test_notebook_executes(name, cache, monkeypatch):
   monkeypatch.delenv("SPIKEJAX_CHECKPOINT_SFA", raising=False)
   monkeypatch.delenv("SPIKEJAX_CHECKPOINT_VANILLA", raising=False)
   monkeypatch.delenv("SPIKEJAX_CHECKPOINT_SEG", raising=False)
+  monkeypatch.delenv("SPIKEJAX_CHECKPOINT_DET", raising=False)
   # the kernel's inline backend: figures become image/png outputs (what the test counts)
   monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
   # one CPU device in the kernel (the suite's 8 fake devices are for sharding tests)
