@@ -1,10 +1,11 @@
 """Parity with the official PyTorch model on every file of ../shared/golden (spec §2, §9).
 
-Eval mode runs jitted. Train mode (batch statistics) runs op by op: in train mode a single
-activation that lies within one float32 ulp of a rounding tie flips when XLA fuses the
-BatchNorm arithmetic differently from PyTorch, and batch statistics then spread the flip
-(measured on the 224 px file: eager logits within 1.5e-7 of PyTorch, jitted within 0.54;
-float64 matches PyTorch to 9e-8). Op-by-op execution rounds like PyTorch's eager kernels.
+Eval mode runs jitted. Train mode (batch statistics) runs in float64: in train mode a single
+activation that lies within one float32 ulp of a rounding tie flips when XLA's arithmetic
+differs from PyTorch's by an ulp, and batch statistics then spread the flip (measured on the
+224 px file: float32 op by op within 1.5e-7 of PyTorch in the clean-clone run of 43a8014, but
+0.40 apart for that same commit in a fresh install with jax/jaxlib 0.10.2 on 2026-12-03;
+jitted within 0.54; float64 meets the tolerances below in both).
 
 Eval stage features and the activation histogram are compared exactly in float64. In float32 a
 membrane one ulp from a tie can round the other way: on the 224 px file the float64 value of one
@@ -13,8 +14,7 @@ the flip changes 152 elements of block4's output. Float32 is then held to the lo
 at most one moved activation per million.
 
 The float32 jitted passes compile with all of XLA's optimizations, as users run them
-(``conftest.production_compiler``); the float64 passes and the op-by-op train pass with the
-suite's reduced compiler.
+(``conftest.production_compiler``); the float64 passes with the suite's reduced compiler.
 """
 
 import numpy as np
@@ -71,14 +71,18 @@ def test_train_logits_loss_grads_running_stats(golden):
   g = golden
   model, shapes = _model(g)
   model.train()
-  x = jnp.asarray(g["input"].transpose(0, 2, 3, 1))
-  y = jnp.asarray(g["labels"])
+  with jax.enable_x64(True):   # without float32 rounding ties (module docstring)
+    model = as_dtype(model, jnp.float64)
+    x = jnp.asarray(g["input"].transpose(0, 2, 3, 1), jnp.float64)
+    y = jnp.asarray(g["labels"])
 
-  def loss_fn(m):
-    logits = m(x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+    def loss_fn(m):
+      logits = m(x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
-  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    logits, loss = np.asarray(logits, np.float32), float(loss)
+    grads = jax.tree.map(lambda v: np.asarray(v, np.float32), grads)
   ref = g["logits_train"]
   assert np.abs(np.asarray(logits) - ref).max() <= 1e-4 * np.abs(ref).max()
   np.testing.assert_allclose(float(loss), float(g["loss_train"]), rtol=1e-5)
