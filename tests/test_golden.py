@@ -5,7 +5,7 @@ activation that lies within one float32 ulp of a rounding tie flips when XLA's a
 differs from PyTorch's by an ulp, and batch statistics then spread the flip (measured on the
 224 px file: float32 op by op within 1.5e-7 of PyTorch in the clean-clone run of 43a8014, but
 0.40 apart for that same commit in a fresh install with jax/jaxlib 0.10.2 on 2026-12-03;
-jitted within 0.54; float64 meets the tolerances below in both).
+jitted within 0.54; float64 meets the tolerances below).
 
 Eval stage features and the activation histogram are compared exactly in float64. In float32 a
 membrane one ulp from a tie can round the other way: on the 224 px file the float64 value of one
