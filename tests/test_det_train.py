@@ -1,5 +1,5 @@
 """The detection configs end to end in smoke mode: Fashion-MNIST scenes (detections, COCO
-metrics, an exact resume, the analysis tools on the workdir) and COCO's recipe on the in-memory
+metrics, an exact resume, the energy tool on the workdir) and COCO's recipe on the in-memory
 mock set."""
 
 import json
@@ -24,7 +24,7 @@ def _scenes(**over):
 
 @needs_fmnist
 def test_scenes_runlocal_resume_and_analysis(tmp_path, capsys):
-  from spikejax.analysis import energy, spike_driven
+  from spikejax.analysis import energy
   from spikejax.train import trainer
   full = str(tmp_path / "full")
   s = trainer.train_and_evaluate(_scenes(max_train_steps=4), full)
@@ -54,10 +54,7 @@ def test_scenes_runlocal_resume_and_analysis(tmp_path, capsys):
   macs = {r["layer"] for r in rep["layers"] if r["op"] == "MAC"}
   assert {"bbox_roi_align", "mask_roi_align", "bbox_head.fc_cls", "bbox_head.fc_reg"} <= macs
   assert rep["snn_energy_mj"] > 0 and rep["image_shape"] == [1, 96, 96, 1]
-  assert spike_driven.main(["--checkpoint", full, "--batches", "1", "--batch-size", "4",
-                            "--rounding", "half_up", "--float64", "--json"]) == 0
-  res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert res["mismatched_activations"] == 0 and res["max_abs_logit_diff"] <= 1e-9
+  # spike-driven == integer for the detector: tests/test_spike_driven_families.py
 
 
 def test_coco_runlocal_on_mock_data(tmp_path):
@@ -72,7 +69,7 @@ def test_coco_runlocal_on_mock_data(tmp_path):
 
 
 @pytest.mark.parametrize("name,arg", [("det_fashion_mnist_scenes", a) for a in
-                                      ("", "v2", "runlocal", "v2,runlocal")] +
+                                      ("", "v2", "runlocal")] +
                          [("coco_maskrcnn", a) for a in ("l", "m", "v2_15m", "v2_55m",
                                                          "runlocal")])
 def test_every_detection_config_builds_its_model(name, arg):
