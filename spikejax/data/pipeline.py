@@ -21,6 +21,11 @@ from spikejax.data.registry import DATASETS, EVENT_SPECS, SPECS, DatasetSpec, ge
 from spikejax.data.seg_augment import SegPipelineConfig, seg_pipeline_config
 from spikejax.data.seg_pipeline import SegmentationDataset
 
+# the dense-prediction kinds: (pipeline config from ``augment``, its class, the Dataset, the
+# spec field holding the data set's default pipeline)
+DENSE = {"segmentation": (seg_pipeline_config, SegPipelineConfig, SegmentationDataset, "seg"),
+         "detection": (det_pipeline_config, DetPipelineConfig, DetectionDataset, "det")}
+
 __all__ = [
     "AugmentConfig", "Batch", "DATASETS", "Dataset", "DatasetSpec", "EVENT_SPECS",
     "EventDataset", "ImageDataset", "SPECS", "check_sharding", "eval_batch", "get_dataset",
@@ -74,30 +79,20 @@ def get_dataset(name: str | DatasetSpec, *, split: str, batch_size: int,
   """
   spec = name if isinstance(name, DatasetSpec) else get_spec(name)
   process_index, process_count = resolve_process(process_index, process_count)
-  if spec.kind == "detection":
+  if spec.kind in DENSE:
     if frames is not None:
       raise ValueError(f"frames= applies to event data sets, not {spec.name!r}")
-    # eval keeps the pipeline's instance rows, masks, canvas and eval resize, no random op
-    pipe = det_pipeline_config(augment, spec.det)
+    make_config, config_cls, dataset_cls, default = DENSE[spec.kind]
+    # eval keeps the pipeline's non-random options (label mapping / instance rows and masks,
+    # eval resize, canvas), no random op
+    pipe = make_config(augment, getattr(spec, default))
     if not train:
-      pipe = DetPipelineConfig.none(pipe)
-    return DetectionDataset(spec, split=split, batch_size=batch_size, data_dir=data_dir,
-                            train=train, seed=seed, image_size=image_size, augment=pipe,
-                            process_index=process_index, process_count=process_count,
-                            channels=channels, num_epochs=num_epochs, download=download,
-                            num_workers=num_workers, prefetch=prefetch)
-  if spec.kind == "segmentation":
-    if frames is not None:
-      raise ValueError(f"frames= applies to event data sets, not {spec.name!r}")
-    # eval keeps the pipeline's label mapping, eval resize and canvas, no random op
-    pipe = seg_pipeline_config(augment, spec.seg)
-    if not train:
-      pipe = SegPipelineConfig.none(pipe)
-    return SegmentationDataset(spec, split=split, batch_size=batch_size, data_dir=data_dir,
-                               train=train, seed=seed, image_size=image_size, augment=pipe,
-                               process_index=process_index, process_count=process_count,
-                               channels=channels, num_epochs=num_epochs, download=download,
-                               num_workers=num_workers, prefetch=prefetch)
+      pipe = config_cls.none(pipe)
+    return dataset_cls(spec, split=split, batch_size=batch_size, data_dir=data_dir,
+                       train=train, seed=seed, image_size=image_size, augment=pipe,
+                       process_index=process_index, process_count=process_count,
+                       channels=channels, num_epochs=num_epochs, download=download,
+                       num_workers=num_workers, prefetch=prefetch)
   augment = augment_config(augment, spec.augment) if train else None
   common = dict(split=split, batch_size=batch_size, data_dir=data_dir, train=train, seed=seed,
                 augment=augment, process_index=process_index, process_count=process_count,

@@ -47,6 +47,13 @@ Array = jax.Array
 RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
 
 
+def _check_counts(settings, what: str, names) -> None:
+  for name in names:
+    v = getattr(settings, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise ValueError(f"detection {what} setting {name} must be an integer >= 1, got {v!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskRCNNTrainConfig:
   """mmdet's Mask R-CNN ``train_cfg`` (and the RPN's train-time proposals)."""
@@ -70,11 +77,8 @@ class MaskRCNNTrainConfig:
   mask_weight: float = 1.0
 
   def __post_init__(self):
-    for name in ("rpn_num", "rpn_nms_pre", "rpn_max_per_img", "rcnn_num", "mask_size",
-                 "mask_max_grid"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"detection train setting {name} must be an integer >= 1, got {v!r}.")
+    _check_counts(self, "train", ("rpn_num", "rpn_nms_pre", "rpn_max_per_img", "rcnn_num",
+                                  "mask_size", "mask_max_grid"))
     for name in ("rpn_pos_fraction", "rcnn_pos_fraction"):
       if not 0 < getattr(self, name) <= 1:
         raise ValueError(f"detection train setting {name} must be in (0, 1], got "
@@ -94,10 +98,8 @@ class MaskRCNNTestConfig:
   mask_thr: float = 0.5
 
   def __post_init__(self):
-    for name in ("rpn_nms_pre", "rpn_max_per_img", "max_per_img", "max_candidates"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"detection test setting {name} must be an integer >= 1, got {v!r}.")
+    _check_counts(self, "test", ("rpn_nms_pre", "rpn_max_per_img", "max_per_img",
+                                 "max_candidates"))
 
 
 # ---------------------------------------------------------------------------------- anchors
