@@ -146,3 +146,22 @@ def test_predict_fixed_size_under_jit(model):
   assert b[1][v[1]][:, [0, 2]].max() <= 48 and b[0][v[0]].max() <= H
   p = np.asarray(out["mask_probs"])
   assert np.all((p >= 0) & (p <= 1)) and np.all(p[~v] == 0)
+
+
+def test_mask_rois_trains_the_mask_head_on_the_first_positive_slots(model):
+  import dataclasses
+  batch = scene_batch()
+  model.train()
+  run = nnx.jit(lambda m, b, k, cfg: MR.losses(m, b, k, cfg)[1], static_argnums=3)
+  key = jax.random.key(0)
+  every = run(model, batch, key, SMALL_TRAIN)
+  n_pos = int(SMALL_TRAIN.rcnn_num * SMALL_TRAIN.rcnn_pos_fraction)
+  same = run(model, batch, key, dataclasses.replace(SMALL_TRAIN, mask_rois=n_pos + 3))
+  one = run(model, batch, key, dataclasses.replace(SMALL_TRAIN, mask_rois=1))
+  for k in every:
+    np.testing.assert_allclose(float(same[k]), float(every[k]), rtol=1e-6, err_msg=k)
+    if k != "mask":      # the box and RPN parts do not depend on the mask head's RoIs
+      np.testing.assert_allclose(float(one[k]), float(every[k]), rtol=1e-6, err_msg=k)
+  assert float(one["mask"]) != float(every["mask"])
+  with pytest.raises(ValueError, match="mask_rois"):
+    MR.MaskRCNNTrainConfig(mask_rois=0)

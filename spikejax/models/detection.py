@@ -164,21 +164,27 @@ class ConvTranspose2x2(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x) -> Array:
-    """NHWC ``x`` (or a ``SpikeTrain``: its sub-steps' currents summed, spike-driven)."""
+    """NHWC ``x`` (or a ``SpikeTrain``: its sub-steps' currents summed, spike-driven).
+
+    One matmul ``(pixels, in) @ (in, 2 * 2 * out)`` and a pixel shuffle: XLA:CPU ran the
+    equivalent 6-axis einsum 3.5x slower (forward + gradient, 256 RoIs of 14 x 14 x 32)."""
     kernel = self.kernel[...]
+    cin, cout = kernel.shape[2:]
+    taps = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin, 4 * cout)   # (in, (a, b, out))
     if is_train(x):
       dtype = self.dtype or x.bits.dtype
-      w = kernel.astype(dtype) * jnp.asarray(x.scale, dtype)
-      y = jnp.sum(jnp.einsum("dnhwc,abco->dnhawbo", x.bits.astype(dtype), w), axis=0)
+      w = taps.astype(dtype) * jnp.asarray(x.scale, dtype)
+      y = jnp.sum(jnp.einsum("dnhwc,co->dnhwo", x.bits.astype(dtype), w), axis=0)
       shape = x.bits.shape[1:]
     else:
       dtype = self.dtype or x.dtype
-      y = jnp.einsum("nhwc,abco->nhawbo", x.astype(dtype), kernel.astype(dtype))
+      y = jnp.einsum("nhwc,co->nhwo", x.astype(dtype), taps.astype(dtype))
       shape = x.shape
-    n, h, _, w_, _, c = y.shape
+    n, h, w_ = y.shape[:3]
+    y = jnp.transpose(y.reshape(n, h, w_, 2, 2, cout), (0, 1, 3, 2, 4, 5))
     # each input pixel meets each of the 2 x 2 taps once: MACs = kernel size x input pixels
-    record.synapse(self, "conv", x, shape[:-1] + (c,))
-    return y.reshape(n, 2 * h, 2 * w_, c) + self.bias[...].astype(dtype)
+    record.synapse(self, "conv", x, shape[:-1] + (cout,))
+    return y.reshape(n, 2 * h, 2 * w_, cout) + self.bias[...].astype(dtype)
 
 
 class SpikeFCNMaskHead(nnx.Module):

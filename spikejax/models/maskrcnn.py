@@ -13,10 +13,11 @@ inference to a fixed number of detections (addendum B.2, mmdet 3.x's stock Mask 
   declared strides; softmax cross-entropy over ``num_classes + 1`` (background last) divided
   by the sampled RoIs; class-specific L1 on the positives' deltas (stds 0.1, 0.1, 0.2, 0.2)
   divided by the sampled RoIs.
-* Mask head on the positives (the sampler puts them first: the first ``512 * 0.25`` slots):
-  RoIAlign 14x14, 28x28 logits of the ground-truth class, binary cross-entropy against the
-  ground-truth mask cropped and resized to 28x28 (mmdet ``crop_and_resize``: RoIAlign,
-  aligned, then ``>= 0.5``), averaged over the positives' pixels.
+* Mask head on the positives (the sampler puts them first, in random order: the first
+  ``512 * 0.25`` slots, or the first ``mask_rois`` of them): RoIAlign 14x14, 28x28 logits of
+  the ground-truth class, binary cross-entropy against the ground-truth mask cropped and
+  resized to 28x28 (mmdet ``crop_and_resize``: RoIAlign, aligned, then ``>= 0.5``), averaged
+  over the positives' pixels.
 
 **Inference** (``predict``): proposals (1000 per level, NMS 0.7, 1000 kept), box head,
 softmax scores, class-specific decoding clipped to the image, candidates above ``score_thr``
@@ -72,6 +73,7 @@ class MaskRCNNTrainConfig:
   rcnn_pos_fraction: float = 0.25
   mask_size: int = 28
   mask_max_grid: int = 8          # RoIAlign samples per bin and axis for the mask targets
+  mask_rois: int | None = None    # positives per image the mask head trains on (None: all, mmdet)
   rpn_weight: float = 1.0
   rcnn_weight: float = 1.0
   mask_weight: float = 1.0
@@ -79,6 +81,8 @@ class MaskRCNNTrainConfig:
   def __post_init__(self):
     _check_counts(self, "train", ("rpn_num", "rpn_nms_pre", "rpn_max_per_img", "rcnn_num",
                                   "mask_size", "mask_max_grid"))
+    if self.mask_rois is not None:
+      _check_counts(self, "train", ("mask_rois",))
     for name in ("rpn_pos_fraction", "rcnn_pos_fraction"):
       if not 0 < getattr(self, name) <= 1:
         raise ValueError(f"detection train setting {name} must be in (0, 1], got "
@@ -248,6 +252,8 @@ def losses(model, batch, key, cfg: MaskRCNNTrainConfig = MaskRCNNTrainConfig(),
 
   # ---- mask head on the positives (the first slots of each image's sample)
   n_pos = int(cfg.rcnn_num * cfg.rcnn_pos_fraction)
+  if cfg.mask_rois is not None:       # the positives are drawn in random order: a random subset
+    n_pos = min(n_pos, cfg.mask_rois)
   p_rois, p_lab, p_g, p_ok = rois[:, :n_pos], labels[:, :n_pos], g_idx[:, :n_pos], pos[:, :n_pos]
   mask_logits = model.mask_head(roi_features(model, levels, p_rois, model.config.mask_roi_size))
   mask_logits = mask_logits.reshape((n_img, n_pos) + mask_logits.shape[1:])
