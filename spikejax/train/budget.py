@@ -18,6 +18,17 @@ decision is logged, written to ``plan.json`` in the workdir (process 0) and agre
 processes (the slowest process's rates); a resumed run reads it back and keeps the same plan,
 so a resume is exact. A deadline (``Plan.deadline``) stops training early, as a time limit does,
 if the machine slows down later, leaving time for the final evaluation and save.
+
+Rates drift within a run (measured: the detection and segmentation steps got about 15 % faster
+after the first tenth of their runs; the 118-minute Fashion-MNIST run's about 2 % slower, so its
+deadline cut the schedule at 97.8 %). So the plan is revised once, at ``Plan.revise_at_step``
+(``REVISE_FRACTION`` of the way from the decision to the planned end): the steps of the second
+half of that stretch (evaluations left out) and the evaluations made so far give new rates, and
+the run length is solved again from the time left. The remainder of the schedule is stretched
+or squeezed onto the new length (``optim.stretched``): the learning rate is continuous and the
+schedule still ends at its end. The revision is written to ``plan.json`` before the next step
+(``Plan.revision``), so a resume from either side of it trains the same schedule. A resumed
+process does not revise (the budget counts one uninterrupted command): it keeps the plan as read.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ MIN_WARMUP_STEPS = 4          # at least 2 timed steps after 2 untimed ones
 RESERVE_MIN_S = 15.0
 RESERVE_FRACTION = 0.01
 RATE_MARGIN = 0.03
+# the plan is revised this fraction of the way from the decision to its planned end, when that
+# leaves at least REVISE_MIN_STEPS steps in the measured half
+REVISE_FRACTION = 0.3
+REVISE_MIN_STEPS = 20
 
 
 @dataclasses.dataclass
@@ -59,12 +74,33 @@ class Plan:
   evaluations: int              # evaluations after the decision, the final one included
   capped_by: str | None = None  # "max_train_steps" when that config key cut the plan
   launched_at: float = 0.0      # the process start (unix time) the budget counts from
+  # the step at which the plan is revised (None: never; plans written before revisions)
+  revise_at_step: int | None = None
+  # the revision made there (``revise``): the rates it measured and the length it replaced
+  revision: dict[str, Any] | None = None
 
   @property
   def deadline(self) -> float:
     """Unix time after which training stops (then the final evaluation and save)."""
-    return (self.launched_at + 60.0 * self.budget_minutes - self.reserve_seconds
-            - self.eval_seconds)
+    eval_s = self.revision["eval_seconds"] if self.revision else self.eval_seconds
+    return (self.launched_at + 60.0 * self.budget_minutes - self.reserve_seconds - eval_s)
+
+  def schedule(self, make):
+    """The learning-rate schedule this plan trains: ``make(total_steps)``, or after a revision
+    the first plan's ``make(planned)`` with its remainder stretched onto ``total_steps``."""
+    if not self.revision:
+      return make(self.total_steps)
+    from spikejax.train import optim
+    return optim.stretched(make(self.revision["planned_total_steps"]), self.revision["at_step"],
+                           self.revision["planned_total_steps"], self.total_steps)
+
+  def describe_revision(self) -> str:
+    r = self.revision
+    return (f"budget revised at step {r['at_step']}: measured {r['step_seconds'] * 1e3:.1f} ms "
+            f"per step over {r['measured_steps']} steps (planned {self.step_seconds * 1e3:.1f}), "
+            f"{r['eval_seconds']:.1f} s per evaluation, {r['elapsed_seconds']:.0f} s elapsed; "
+            f"{r['planned_total_steps']} -> {self.total_steps} steps ({self.epochs:.2f} "
+            f"epochs, {self.evaluations} evaluations after the decision)")
 
   def describe(self) -> str:
     cap = f", capped by {self.capped_by}" if self.capped_by else ""
@@ -161,12 +197,40 @@ def make_plan(config, *, launched_at: float, elapsed_s: float, decided_at: int,
     total, capped = int(config.max_train_steps), "max_train_steps"
   evals = evaluation_steps(decided_at, total, steps_per_epoch, config.eval_every_epochs,
                            every_steps)
+  revise_at = decided_at + int(round(REVISE_FRACTION * (total - decided_at)))
+  if capped or (revise_at - decided_at) // 2 < REVISE_MIN_STEPS:
+    revise_at = None      # too short to measure again (or the length is not the budget's)
   return Plan(budget_minutes=float(config.time_budget_minutes), decided_at_step=decided_at,
               measured_steps=measured_steps, step_seconds=step_s, eval_seconds=eval_s,
               compile_seconds=compile_s, elapsed_seconds=round(elapsed, 3),
               reserve_seconds=reserve, steps_per_epoch=steps_per_epoch, total_steps=total,
               epochs=round(total / steps_per_epoch, 4), evaluations=evals, capped_by=capped,
-              launched_at=launched_at)
+              launched_at=launched_at, revise_at_step=revise_at)
+
+
+def revise(plan: Plan, config, *, elapsed_s: float, measured_steps: int, step_s: float,
+           eval_s: float) -> Plan:
+  """``plan`` revised at its ``revise_at_step`` from rates measured since the decision: the
+  largest run that fits the time left (``solve`` from that step, one more compilation), at
+  least one more step (the deadline still stops a run that no longer fits)."""
+  at = int(plan.revise_at_step)
+  every_steps = config.get("eval_every_steps")
+  total = solve(budget_s=60.0 * plan.budget_minutes, elapsed_s=float(elapsed_s), decided_at=at,
+                step_s=step_s, eval_s=eval_s, compile_s=plan.compile_seconds,
+                reserve_s=plan.reserve_seconds, steps_per_epoch=plan.steps_per_epoch,
+                eval_every_epochs=config.eval_every_epochs, eval_every_steps=every_steps)
+  capped = plan.capped_by
+  if config.get("max_train_steps") and total > config.max_train_steps:
+    total, capped = int(config.max_train_steps), "max_train_steps"
+  total = max(total, at + 1)
+  revision = dict(at_step=at, planned_total_steps=plan.total_steps,
+                  measured_steps=int(measured_steps), step_seconds=float(step_s),
+                  eval_seconds=float(eval_s), elapsed_seconds=round(float(elapsed_s), 3))
+  return dataclasses.replace(
+      plan, total_steps=total, epochs=round(total / plan.steps_per_epoch, 4),
+      evaluations=evaluation_steps(plan.decided_at_step, total, plan.steps_per_epoch,
+                                   config.eval_every_epochs, every_steps),
+      capped_by=capped, revision=revision)
 
 
 def write(plan: Plan, workdir: str) -> None:

@@ -262,6 +262,24 @@ def warmup_cosine_schedule(base_lr: float, *, total_steps: int, warmup_steps: in
   return schedule
 
 
+def stretched(schedule: optax.Schedule, at: int, old_total: int,
+              new_total: int) -> optax.Schedule:
+  """``schedule`` unchanged before step ``at``; from there its remainder up to ``old_total`` is
+  spread over the steps up to ``new_total`` (a budget's revised run length,
+  ``spikejax.train.budget``), so the rate is continuous at ``at`` and ends as ``schedule`` does."""
+  at, old_total, new_total = int(at), int(old_total), int(new_total)
+  if not at < new_total or not at < old_total:
+    raise ValueError(f"need at < old_total and at < new_total, got {at}, {old_total}, "
+                     f"{new_total}")
+  ratio = (old_total - at) / (new_total - at)
+
+  def warped(count):
+    t = jnp.asarray(count, jnp.float32)
+    return schedule(jnp.where(t < at, t, at + (t - at) * ratio))
+
+  return warped
+
+
 def warmup_poly_schedule(base_lr: float, *, total_steps: int, warmup_steps: int,
                          power: float = 1.0, min_lr: float = 0.0,
                          warmup_start_factor: float = 1e-6) -> optax.Schedule:

@@ -280,6 +280,31 @@ class _RateMeter:
     return step_s, max(self.t_first - self.t0 - step_s, 0.0), n
 
 
+class _RevisionMeter:
+  """The budget revision's measurements (``budget.revise``): seconds per train step over the
+  second half of the steps from the decision to ``Plan.revise_at_step``, less the evaluations
+  made there, and the mean of the evaluations since the decision."""
+
+  def __init__(self, plan):
+    self.at = int(plan.revise_at_step)
+    self.window_start = self.at - (self.at - plan.decided_at_step) // 2
+    self.t_window = self.eval_at_window = None
+    self.eval_times: list[float] = []
+    self.default_eval_s = plan.eval_seconds
+
+  def after(self, step: int, out, eval_s: float) -> None:
+    if step == self.window_start:
+      jax.block_until_ready(out)
+      self.t_window, self.eval_at_window = time.time(), eval_s
+
+  def result(self, eval_s: float) -> tuple[float, float, int]:
+    """``(seconds per step, seconds per evaluation, timed steps)`` at ``revise_at_step``."""
+    n = self.at - self.window_start
+    step_s = (time.time() - self.t_window - (eval_s - self.eval_at_window)) / n
+    evals = self.eval_times
+    return step_s, (sum(evals) / len(evals) if evals else self.default_eval_s), n
+
+
 def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
                        ) -> dict[str, Any]:
   """Runs (or resumes) the job described by ``config`` in ``workdir``; returns a summary.
@@ -336,6 +361,10 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
                                    total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                                    task=task, init_values=init_values)
   model, optimizer, ema, schedule = ts.model, ts.optimizer, ts.ema, ts.schedule
+  make_schedule = lambda total: state_lib.make_schedule(config, total, steps_per_epoch)
+  if plan is not None and plan.revision:    # a resume after the revision: its schedule
+    schedule = plan.schedule(make_schedule)
+    optimizer.tx = state_lib.make_tx(config, model, schedule)  # same state structure
   if ts.init_report is not None and is_main:
     log.info("initialised from %s: %d arrays loaded; dropped %s; kept fresh %s",
              config.init_from, len(ts.init_report["loaded"]), _brief(ts.init_report["dropped"]),
@@ -366,6 +395,7 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
   time_limit = config.get("time_limit_minutes")
   deadline = None     # the budget's: set by the run that makes the plan
   meter = _RateMeter(start_step, decide_at) if decide_at is not None else None
+  reviser = None      # set by the run that makes the plan, when the plan is to be revised
   t_seen, imgs_seen = time.time(), 0
   eval_s = 0.0        # wall time spent evaluating: ``train_min`` of a history row excludes it
   with _StopSignal() as stop:
@@ -388,13 +418,33 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
               measured_steps=timed, step_s=step_s, eval_s=eval_s, compile_s=compile_s,
               steps_per_epoch=steps_per_epoch)
           total_steps, deadline, meter = plan.total_steps, plan.deadline, None
-          schedule = state_lib.make_schedule(config, total_steps, steps_per_epoch)
+          schedule = plan.schedule(make_schedule)
           optimizer.tx = state_lib.make_tx(config, model, schedule)  # same state structure
           runner = SplitTrainer(model, optimizer, step=task.train_step, step_args=step_args)
           bar.set_total(total_steps)
           if is_main:
             budget_lib.write(plan, workdir)
             log.info("%s", plan.describe())
+          if plan.revise_at_step is not None:
+            reviser = _RevisionMeter(plan)
+          t_seen, imgs_seen = time.time(), 0
+      if reviser is not None:
+        reviser.after(step, out, eval_s)
+        if step == reviser.at:
+          runner.sync()
+          step_s, eval_each, timed = reviser.result(eval_s)
+          step_s, eval_each, elapsed = budget_lib.agree(
+              [step_s, eval_each, time.time() - launched_at])
+          plan = budget_lib.revise(plan, config, elapsed_s=elapsed, measured_steps=timed,
+                                   step_s=step_s, eval_s=eval_each)
+          total_steps, deadline, reviser = plan.total_steps, plan.deadline, None
+          schedule = plan.schedule(make_schedule)
+          optimizer.tx = state_lib.make_tx(config, model, schedule)
+          runner = SplitTrainer(model, optimizer, step=task.train_step, step_args=step_args)
+          bar.set_total(total_steps)
+          if is_main:      # written before the next step: a resume trains this schedule
+            budget_lib.write(plan, workdir)
+            log.info("%s", plan.describe_revision())
           t_seen, imgs_seen = time.time(), 0
       if ema is not None:
         runner.sync()
@@ -451,6 +501,8 @@ def train_and_evaluate(config, workdir: str, *, launched_at: float | None = None
         writer.write_histograms(step, res.histograms)
         writer.write_images(step, res.images)
         eval_s += time.time() - t_eval
+        if reviser is not None:
+          reviser.eval_times.append(time.time() - t_eval)
         if metrics is not None:
           bar.write(f"epoch {epoch:.2f} step {step}: {task.describe(metrics)} "
                     f"({row['time_min']:.1f} min)")
