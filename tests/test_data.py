@@ -185,6 +185,25 @@ def test_cifar10_train_determinism_and_resume():
     assert not batches_equal(D.get_dataset("cifar10", seed=8, **kw).get_batch(0, 0), first[0])
 
 
+def test_flip_augmentation_mirrors_some_images_and_changes_nothing_else():
+  with mock(16):
+    full, _ = D.load_split_arrays("cifar10", "train", "/unused")
+    tr = D.get_dataset("cifar10", split="train", batch_size=16, train=True, seed=0,
+                       augment="flip", data_dir="/unused", process_index=0, process_count=1,
+                       prefetch=0)
+    assert tr.augment == A.AugmentConfig(crop="none", flip=True)
+    b = tr.get_batch(0, 0)
+    src = full[tr.batch_indices(0, 0)[0]]
+    got = unnormalize(tr, b["image"])
+    same = [np.array_equal(g, s) for g, s in zip(got, src, strict=True)]
+    mirrored = [np.array_equal(g, s[:, ::-1]) for g, s in zip(got, src, strict=True)]
+    assert all(a or m for a, m in zip(same, mirrored, strict=True))
+    assert any(m and not a for a, m in zip(same, mirrored, strict=True)) and any(same)
+    np.testing.assert_array_equal(b["target"], np.eye(10, dtype=np.float32)[b["label"]])
+  with pytest.raises(ValueError, match="augment must be 'default', 'none', 'flip'.*'mirror'"):
+    A.augment_config("mirror", A.AugmentConfig())
+
+
 def test_cifar10_randaugment_path_is_deterministic():
   with mock(16):
     kw = dict(split="train", batch_size=8, train=True, data_dir="/unused", process_index=0,

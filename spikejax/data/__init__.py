@@ -10,7 +10,7 @@ Public API::
       train=True,               # shuffle per epoch + augment + drop remainder | ordered, padded
       seed=0,
       image_size=None,          # default: get_spec(name).input_shape[0]; fashion_mnist 32: pad
-      augment='default',        # 'default' (spec.augment) | 'none' | None | AugmentConfig | mapping
+      augment='default',        # 'default' (spec.augment) | 'none' | 'flip' | None | AugmentConfig | mapping
       process_index=None, process_count=None,   # default jax.process_index()/process_count()
       channels=None,            # 3: replicate Fashion-MNIST's grey channel
       crop_pct=224/232, interpolation='bicubic', num_epochs=None, download=True,

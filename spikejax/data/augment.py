@@ -407,15 +407,24 @@ class AugmentConfig:
     """No augmentation at all (plain one-hot targets)."""
     return cls(crop="none", flip=False)
 
+  @classmethod
+  def flip_only(cls) -> "AugmentConfig":
+    """The random horizontal mirror alone (no crop, plain one-hot targets)."""
+    return cls(crop="none", flip=True)
+
 
 def augment_config(augment: "AugmentConfig | Mapping[str, Any] | str | None",
                    default: AugmentConfig) -> AugmentConfig:
   """The ``augment=`` argument of ``get_dataset`` as an ``AugmentConfig``: ``'default'`` ->
-  ``default`` (the data set's), ``'none'``/``None`` -> ``AugmentConfig.none()``, a mapping ->
+  ``default`` (the data set's), ``'none'``/``None`` -> ``AugmentConfig.none()``, ``'flip'`` ->
+  ``AugmentConfig.flip_only()``, a mapping ->
   ``AugmentConfig(**mapping)`` (lists become tuples), an ``AugmentConfig`` -> itself."""
   if isinstance(augment, str):
-    if augment not in ("default", "none"):
-      raise ValueError("augment must be 'default', 'none', None, an AugmentConfig or a mapping")
+    if augment not in ("default", "none", "flip"):
+      raise ValueError(f"augment must be 'default', 'none', 'flip', None, an AugmentConfig or a "
+                       f"mapping, got {augment!r}")
+    if augment == "flip":
+      return AugmentConfig.flip_only()
     return AugmentConfig.none() if augment == "none" else default
   if augment is None:
     return AugmentConfig.none()
@@ -425,6 +434,6 @@ def augment_config(augment: "AugmentConfig | Mapping[str, Any] | str | None",
     return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in augment.items()})
   if not isinstance(augment, AugmentConfig):
-    raise TypeError(f"augment must be 'default', 'none', None, an AugmentConfig or a mapping; "
+    raise TypeError(f"augment must be 'default', 'none', 'flip', None, an AugmentConfig or a mapping; "
                     f"got {type(augment).__name__}")
   return augment
