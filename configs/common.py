@@ -170,6 +170,8 @@ def trainer_defaults(**overrides: Any) -> ml_collections.ConfigDict:
       log_every_steps=50,
       progress_bar=True,
       eval_every_epochs=1,
+      eval_flip=False,                  # classify: mean logits of each image and its mirror
+      eval_shift=0,                     # classify: also the image moved 1..k px (4k views)
       eval_every_steps=placeholder(int),  # extra evaluations every this many steps
       max_eval_steps=placeholder(int),
       firing_stats=False,               # per-layer firing of each evaluation -> firing.json

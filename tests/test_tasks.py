@@ -15,6 +15,7 @@ from flax import nnx
 from configs import common
 from spikejax.train import evaluators, state, steps, tasks, trainer
 from spikejax.train.tasks import base
+from spikejax.train.tasks import classify as classify_task
 
 # ------------------------------------------------------------------ a task defined only here
 
@@ -218,6 +219,91 @@ def test_classify_evaluation_excludes_padding():
   np.testing.assert_allclose(res["accuracy"], np.mean(logits.argmax(-1)[keep] == y[keep]))
   ce = -jax.nn.log_softmax(logits)[np.arange(16), y]
   np.testing.assert_allclose(res["loss"], ce[keep].mean(), rtol=1e-5)
+
+
+def test_classify_flip_evaluation_averages_the_mirror_and_keeps_the_single_view():
+  from spikejax.models import create_model
+  from spikejax.train import sharding
+  import ml_collections
+  model = create_model("espikeformer_t", num_classes=4, in_channels=1, rngs=nnx.Rngs(1),
+                       strides=(2, 2, 2, 1, 1), embed_dims=(8, 16, 16, 16), block_depths=(1, 1))
+  rng = np.random.default_rng(1)
+  params = nnx.state(model, nnx.Param)     # the fresh head gives zero logits: perturb every weight
+  nnx.update(model, jax.tree.map(
+      lambda p: p + 0.3 * rng.normal(size=p.shape).astype(np.float32), params))
+  x = rng.normal(size=(16, 16, 16, 1)).astype(np.float32)
+  x[..., :8, :] += 2.0                          # not mirror-symmetric
+  y = rng.integers(0, 4, 16).astype(np.int32)
+  mask = np.ones(16, np.float32)
+  mask[-3:] = 0
+  batches = [{"image": x[:8], "label": y[:8], "mask": mask[:8]},
+             {"image": x[8:], "label": y[8:], "mask": mask[8:]}]
+  task = tasks.get_task("classify")
+  cfg = ml_collections.ConfigDict({"eval_flip": True})
+  fn = evaluators.eval_step_for(task, cfg)
+  assert fn is evaluators.eval_step_for(task, cfg)      # one compilation per config
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
+  res = trainer.evaluate(model, fn, batches, mesh, task=task)
+  model.eval()
+  plain = np.asarray(model(jnp.asarray(x)))
+  mirror = np.asarray(model(jnp.asarray(x[:, :, ::-1])))
+  assert np.abs(plain - mirror).max() > 1e-3          # the mirror is a different view
+  both = (plain + mirror) / 2
+  keep = mask > 0
+  assert res["examples"] == 13
+  np.testing.assert_allclose(res["accuracy"], np.mean(both.argmax(-1)[keep] == y[keep]))
+  np.testing.assert_allclose(res["accuracy_single"], np.mean(plain.argmax(-1)[keep] == y[keep]))
+  ce = lambda z: -jax.nn.log_softmax(z)[np.arange(16), y][keep].mean()  # noqa: E731
+  np.testing.assert_allclose(res["loss"], ce(both), rtol=1e-5)
+  np.testing.assert_allclose(res["loss_single"], ce(plain), rtol=1e-5)
+  # both views are logged (scalars and history row); a plain evaluation has no single view
+  out = evaluators.TaskEvaluator("eval", "eval", task).result(res, None, step=1, epoch=0.1)
+  assert {"test_accuracy", "test_accuracy_single", "test_loss_single"} <= set(out.row)
+  assert "eval/accuracy_single" in out.scalars
+  plain_res = trainer.evaluate(model, evaluators.eval_step_for(task, None), batches, mesh,
+                               task=task)
+  assert "accuracy_single" not in plain_res
+  np.testing.assert_allclose(plain_res["accuracy"], res["accuracy_single"])
+  assert "test_accuracy_single" not in evaluators.TaskEvaluator("eval", "eval", task).result(
+      plain_res, None, step=1, epoch=0.1).row
+  # a task without a test-time flip refuses the option before anything compiles
+  c = ml_collections.ConfigDict({"model_name": "spikmae_12_512", "eval_flip": True})
+  with pytest.raises(trainer.ConfigError, match="eval_flip=True, eval_shift=None: task 'mim' "
+                     "has no test-time views"):
+    tasks.check_model(tasks.get_task("mim"), c, "spikmae")
+  c = ml_collections.ConfigDict({"model_name": "espikeformer_t", "eval_shift": -1})
+  with pytest.raises(trainer.ConfigError, match="eval_shift=-1: must be a whole number"):
+    tasks.check_model(task, c, "espikeformer")
+  # flip x the centre and four 1-pixel moves (border pixels repeated): 10 views
+  cfg = ml_collections.ConfigDict({"eval_flip": True, "eval_shift": 1})
+  res10 = trainer.evaluate(model, evaluators.eval_step_for(task, cfg), batches, mesh, task=task)
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+  views = [padded[:, 1 - dy:17 - dy, 1 - dx:17 - dx]
+           for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+  np.testing.assert_array_equal(views[1][:, 1:], x[:, :-1])      # moved down one row
+  np.testing.assert_array_equal(views[1][:, 0], x[:, 0])         # the top row repeated
+  model.eval()                                  # evaluate() leaves the model in train mode
+  mean10 = sum(np.asarray(model(jnp.asarray(v))) + np.asarray(model(jnp.asarray(v[:, :, ::-1])))
+               for v in views) / 10
+  np.testing.assert_allclose(res10["accuracy"], np.mean(mean10.argmax(-1)[keep] == y[keep]))
+  np.testing.assert_allclose(res10["loss"], ce(mean10), rtol=1e-5)
+  np.testing.assert_allclose(res10["accuracy_single"], res["accuracy_single"])
+  # firing records and spike maps are of the image alone, as in a plain evaluation
+  rec10 = trainer.evaluate(model, evaluators.eval_step_for(task, cfg), batches, mesh, task=task,
+                           firing=True, maps=2)
+  rec1 = trainer.evaluate(model, evaluators.eval_step_for(task, None), batches, mesh, task=task,
+                          firing=True, maps=2)
+  assert rec1["firing"] and rec10["firing"].keys() == rec1["firing"].keys()
+  for name in rec1["firing"]:
+    np.testing.assert_array_equal(rec10["firing"][name], rec1["firing"][name])
+  assert rec1["maps"] and rec10["maps"].keys() == rec1["maps"].keys()
+  for name in rec1["maps"]:
+    np.testing.assert_allclose(rec10["maps"][name], rec1["maps"][name])
+  # event frames (B, T, H, W, C): the same moves on the last two spatial axes
+  ev = rng.normal(size=(2, 3, 5, 6, 2)).astype(np.float32)
+  got = np.asarray(classify_task.shifted(jnp.asarray(ev), -2, 1))
+  want = np.pad(ev, ((0, 0), (0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")[:, :, 4:9, 1:7]
+  np.testing.assert_array_equal(got, want)
 
 
 def test_evals_config_errors():

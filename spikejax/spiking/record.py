@@ -278,3 +278,18 @@ def matmul(spec: str, a, b, *, op=None, name: str = "matmul") -> None:
   shape = tuple(int(sizes[c]) for c in dict.fromkeys(sa[1:] + sb[1:]))
   rec.ops.append(OpRecord(f"{prefix}.{name}" if prefix else name, "matmul", per_example,
                           source, shape))
+
+
+@contextlib.contextmanager
+def paused(model: nnx.Module) -> Iterator[None]:
+  """Within the block no neuron of ``model`` sows anything (histograms, spike maps); outside
+  it each records as before (e.g. extra test-time views that the firing records leave out)."""
+  neurons = [m for _, m in spiking_layers(model)]
+  saved = [(sn.record, sn.record_map) for sn in neurons]
+  for sn in neurons:
+    sn.record, sn.record_map = False, 0
+  try:
+    yield
+  finally:
+    for sn, (rec, rmap) in zip(neurons, saved, strict=True):
+      sn.record, sn.record_map = rec, rmap

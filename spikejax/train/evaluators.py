@@ -74,7 +74,8 @@ class TaskEvaluator(Evaluator):
 
   def result(self, metrics, firing, *, step, epoch):
     out = Result()
-    for k in self.task.logged:
+    present = tuple(k for k in self.task.optional_logged if k in metrics)
+    for k in self.task.logged + present:
       out.scalars[f"{self.prefix}/{k}"] = metrics[k]
       out.row[self.key(k, self.task.row_name(k))] = metrics[k]
     for fname, content in self.task.result_files(metrics).items():

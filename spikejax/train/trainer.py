@@ -55,7 +55,8 @@ def jitted_train_step(task: str | None = None, distill: bool = False):
 # (run length, limits, logging, evaluation, checkpointing, the mesh it restores onto)
 RESUME_SAFE = ("num_epochs", "max_train_steps", "stop_after_steps", "time_limit_minutes",
                "log_every_steps", "progress_bar", "eval_every_epochs", "eval_every_steps",
-               "max_eval_steps", "eval_batch_size", "firing_stats", "evals",
+               "max_eval_steps", "eval_batch_size", "eval_flip",
+               "eval_shift", "firing_stats", "evals",
                "checkpoint_every_steps", "keep_checkpoints", "data_dir", "mesh")
 
 

@@ -29,8 +29,12 @@ class Task:
       ``train_step = staticmethod(jax.jit(...))`` (a jitted function would bind as a method).
     best_metric, higher_is_better: the eval metric that picks the best evaluation.
     logged: eval metrics written as scalars ``<prefix>/<name>`` (``prefix`` is ``eval``).
+    optional_logged: metrics logged like ``logged`` when an evaluation has them (an option
+      of the eval step adds them, e.g. the single view beside test-time augmentation).
     row_names: the history-row (``summary.json``) key of each logged metric.
     families: model families this task trains; ``None``: any family no other task claims.
+    multi_view_eval: whether ``eval_fn`` honours ``config.eval_flip`` / ``config.eval_shift``
+      (test-time augmentation: the mean over mirrored and moved views of each image).
     collected: eval-step outputs that are per-example arrays (e.g. detections): the evaluation
       passes each batch's through ``collect`` and hands ``aggregate`` the list of the results
       under ``totals['collected']``, instead of summing them.
@@ -41,8 +45,10 @@ class Task:
   best_metric: str = "loss"
   higher_is_better: bool = False
   logged: tuple[str, ...] = ("loss",)
+  optional_logged: tuple[str, ...] = ()
   row_names: Mapping[str, str] = {}
   families: tuple[str, ...] | None = None
+  multi_view_eval: bool = False
   collected: tuple[str, ...] = ()
 
   # ------------------------------------------------------------------ config
@@ -144,7 +150,8 @@ def from_config(config) -> Task:
 
 
 def check_model(task: Task, config, family: str) -> None:
-  """Raises ``ConfigError`` if ``config.model_name`` (of ``family``) does not fit ``task``:
+  """Raises ``ConfigError`` if ``config.model_name`` (of ``family``) does not fit ``task``
+  (or asks a task without ``multi_view_eval`` for test-time views):
   a task with ``families`` takes only those; one without takes any family no task claims."""
   claimed = {f: t.name for t in TASKS.values() if t.families for f in t.families}
   if task.families is not None:
@@ -154,6 +161,15 @@ def check_model(task: Task, config, family: str) -> None:
     ok = family not in claimed
     need = (f"family {family!r} is trained by task {claimed.get(family)!r}; task "
             f"{task.name!r} takes any other family")
+  flip, shift = config.get("eval_flip"), config.get("eval_shift")
+  if (flip or shift) and not task.multi_view_eval:
+    raise ConfigError(f"eval_flip={flip}, eval_shift={shift}: task {task.name!r} has no "
+                      f"test-time views (only "
+                      f"{', '.join(t.name for t in TASKS.values() if t.multi_view_eval)}); drop "
+                      "--config.eval_flip / --config.eval_shift.")
+  if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int) or shift < 0):
+    raise ConfigError(f"eval_shift={shift!r}: must be a whole number of pixels >= 0 (0: no "
+                      "moved views).")
   if not ok:
     hint = "".join(f", {t.name!r} a {'/'.join(f + '_*' for f in t.families)} model"
                    for t in TASKS.values() if t.families)
