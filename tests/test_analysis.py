@@ -1,6 +1,8 @@
 """Spike-driven inference, firing statistics, energy and effective rank (spec §1.4, §7)."""
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -215,6 +217,33 @@ def test_energy_formula_with_rates(trained_dir):
   assert rep["ann_over_snn"] > 1
   with pytest.raises(KeyError, match="no firing rate"):
     energy.energy_report(model, shape, {"head_spike": 1.0})
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="apt-get install -y dataset-fashion-mnist")
+def test_evaluate_cli_scores_the_image_alone_and_its_views(trained_dir, capsys):
+  from spikejax.analysis import cli
+  from spikejax.analysis import evaluate as evaluate_tool
+  argv = ["--checkpoint", trained_dir, "--config", "configs/fashion_mnist.py:runlocal",
+          "--batches", "2", "--batch-size", "16", "--shift", "1", "--json"]
+  assert evaluate_tool.main(argv) == 0
+  rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert rep["examples"] == 32 and set(rep) == {"examples", "single", "mirror", "mirror+shift1"}
+  model, _ = load_trained(trained_dir)
+  model.eval()
+  args = argparse.Namespace(batches=2, batch_size=16)
+  batches = list(cli.eval_batches(cli.load_config("configs/fashion_mnist.py:runlocal"), args))
+  x = np.concatenate([b["image"] for b in batches])
+  y = np.concatenate([b["label"] for b in batches])
+  plain = np.asarray(model(jnp.asarray(x)))
+  both = (plain + np.asarray(model(jnp.asarray(x[:, :, ::-1])))) / 2
+  np.testing.assert_allclose(rep["single"]["accuracy"], np.mean(plain.argmax(-1) == y))
+  np.testing.assert_allclose(rep["mirror"]["accuracy"], np.mean(both.argmax(-1) == y))
+  ce = -jax.nn.log_softmax(both)[np.arange(32), y].mean()
+  np.testing.assert_allclose(rep["mirror"]["loss"], ce, rtol=1e-5)
+  assert 0.0 <= rep["mirror+shift1"]["accuracy"] <= 1.0
+  with pytest.raises(SystemExit):
+    evaluate_tool.main(argv[:-3] + ["--shift", "-1"])
 
 
 def test_energy_cli_dense_json():

@@ -14,7 +14,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                  "(default: the workdir's own config.json)")
   p.add_argument("--rounding", default=None, choices=("half_even", "half_up"),
                  help="override the model's SFA rounding")
-  p.add_argument("--batches", type=int, default=10, help="eval batches to use")
+  p.add_argument("--batches", type=int, default=10,
+                 help="eval batches to use (default 10; the evaluate tool: all)")
   p.add_argument("--batch-size", type=int, default=None)
 
 
@@ -39,7 +40,8 @@ def load(args) -> tuple[Any, Any]:
 
 
 def eval_batches(config, args, image_size: int | None = None) -> Iterator[dict]:
-  """The config's eval split as batches (``image``, ``label``, ``mask``), at most ``--batches``."""
+  """The config's eval split as batches (``image``, ``label``, ``mask``), at most ``--batches``
+  (``None``: all)."""
   from spikejax import data as data_lib
   if config is None:
     raise ValueError("no data set: this checkpoint is a model directory without a config; "
@@ -53,7 +55,7 @@ def eval_batches(config, args, image_size: int | None = None) -> Iterator[dict]:
                             # a segmentation set's eval options (resize, canvas) live here
                             augment=_plain(config.get("augment", "default")))
   for i, batch in enumerate(ds):
-    if i >= args.batches:
+    if args.batches is not None and i >= args.batches:
       break
     yield batch
 
