@@ -196,21 +196,32 @@ def test_batch_specs():
   assert tasks.get_task("distill").batch_spec(4, 3, (8, 8, 1)).keys() == cls.keys()
 
 
-def test_classify_evaluation_excludes_padding():
+def _classify_eval_case(seed: int, padding: int):
+  """A tiny classifier with every weight perturbed (a fresh head gives zero logits), 16 images
+  (not mirror-symmetric) in two batches whose last ``padding`` rows are padding, a mesh."""
   from spikejax.models import create_model
   from spikejax.train import sharding
   import ml_collections
-  model = create_model("espikeformer_t", num_classes=4, in_channels=1, rngs=nnx.Rngs(0),
+  model = create_model("espikeformer_t", num_classes=4, in_channels=1, rngs=nnx.Rngs(seed),
                        strides=(2, 2, 2, 1, 1), embed_dims=(8, 16, 16, 16), block_depths=(1, 1))
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(
+      lambda p: p + 0.3 * rng.normal(size=p.shape).astype(np.float32), params))
   x = rng.normal(size=(16, 16, 16, 1)).astype(np.float32)
+  x[..., :8, :] += 2.0
   y = rng.integers(0, 4, 16).astype(np.int32)
   mask = np.ones(16, np.float32)
-  mask[-5:] = 0
+  mask[-padding:] = 0
   batches = [{"image": x[:8], "label": y[:8], "mask": mask[:8]},
              {"image": x[8:], "label": y[8:], "mask": mask[8:]}]
-  task = tasks.get_task("classify")
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
+  return model, x, y, mask, batches, mesh
+
+
+def test_classify_evaluation_excludes_padding():
+  model, x, y, mask, batches, mesh = _classify_eval_case(seed=0, padding=5)
+  task = tasks.get_task("classify")
   res = trainer.evaluate(model, evaluators.eval_step_for(task, None), batches, mesh, task=task)
   model.eval()
   logits = np.asarray(model(jnp.asarray(x)))
@@ -222,27 +233,13 @@ def test_classify_evaluation_excludes_padding():
 
 
 def test_classify_flip_evaluation_averages_the_mirror_and_keeps_the_single_view():
-  from spikejax.models import create_model
-  from spikejax.train import sharding
   import ml_collections
-  model = create_model("espikeformer_t", num_classes=4, in_channels=1, rngs=nnx.Rngs(1),
-                       strides=(2, 2, 2, 1, 1), embed_dims=(8, 16, 16, 16), block_depths=(1, 1))
-  rng = np.random.default_rng(1)
-  params = nnx.state(model, nnx.Param)     # the fresh head gives zero logits: perturb every weight
-  nnx.update(model, jax.tree.map(
-      lambda p: p + 0.3 * rng.normal(size=p.shape).astype(np.float32), params))
-  x = rng.normal(size=(16, 16, 16, 1)).astype(np.float32)
-  x[..., :8, :] += 2.0                          # not mirror-symmetric
-  y = rng.integers(0, 4, 16).astype(np.int32)
-  mask = np.ones(16, np.float32)
-  mask[-3:] = 0
-  batches = [{"image": x[:8], "label": y[:8], "mask": mask[:8]},
-             {"image": x[8:], "label": y[8:], "mask": mask[8:]}]
+  model, x, y, mask, batches, mesh = _classify_eval_case(seed=1, padding=3)
+  rng = np.random.default_rng(2)
   task = tasks.get_task("classify")
   cfg = ml_collections.ConfigDict({"eval_flip": True})
   fn = evaluators.eval_step_for(task, cfg)
   assert fn is evaluators.eval_step_for(task, cfg)      # one compilation per config
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
   res = trainer.evaluate(model, fn, batches, mesh, task=task)
   model.eval()
   plain = np.asarray(model(jnp.asarray(x)))
