@@ -38,7 +38,8 @@ PINNED = {
         "firing_stats": True, "time_limit_minutes": None, "model.embed_dims": (24, 48, 96, 128)},
     "fashion_mnist": {
         "dataset": "fashion_mnist", "model_name": "spikformer12_512", "image_size": 32,
-        "channels": 1, "augment": "none", "batch_size": 64, "eval_batch_size": 500,
+        "channels": 1, "augment": "flip", "eval_flip": True, "batch_size": 64,
+        "eval_batch_size": 500,
         "optimizer.name": "adamw", "optimizer.lr": 3e-3, "optimizer.b2": 0.999,
         "optimizer.weight_decay": 0.05, "min_lr": 1e-5, "warmup_epochs": 0.5,
         "num_epochs": 12.5, "time_limit_minutes": None, "time_budget_minutes": 29.0,
@@ -218,6 +219,10 @@ def test_arg_words_select_what_they_name():
   v = module("event_fashion_mnist").get_config("if_soft,vanilla")
   assert (v.mode, v.spike.temporal) == ("vanilla", "lif_hard")
   assert module("fashion_mnist").get_config("t4").spike.time_steps == 4
+  # the mirror (training and test-time) is the default's; the measured variants keep theirs
+  fm = {a: module("fashion_mnist").get_config(a) for a in ("long", "base", "vanilla")}
+  assert {a: (c.augment, c.eval_flip) for a, c in fm.items()} == {
+      "long": ("default", False), "base": ("none", False), "vanilla": ("none", False)}
   assert module("fashion_mnist").get_config("base,runlocal=false").max_train_steps is None
   rows = {r: module("table5_fashion_mnist").get_config(r) for r in ("v2_t1", "v2_t4", "v2_sfa")}
   assert {r: (c.model_name, c.mode, c.spike.time_steps) for r, c in rows.items()} == {
