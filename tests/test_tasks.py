@@ -267,10 +267,10 @@ def test_classify_flip_evaluation_averages_the_mirror_and_keeps_the_single_view(
   c = ml_collections.ConfigDict({"model_name": "spikmae_12_512", "eval_flip": True})
   with pytest.raises(trainer.ConfigError, match="eval_flip=True, eval_shift=None: task 'mim' "
                      "has no test-time views"):
-    tasks.check_model(tasks.get_task("mim"), c, "spikmae")
+    tasks.check_eval_views(tasks.get_task("mim"), c)
   c = ml_collections.ConfigDict({"model_name": "espikeformer_t", "eval_shift": -1})
   with pytest.raises(trainer.ConfigError, match="eval_shift=-1: must be a whole number"):
-    tasks.check_model(task, c, "espikeformer")
+    tasks.check_eval_views(task, c)
   # flip x the centre and four 1-pixel moves (border pixels repeated): 10 views
   cfg = ml_collections.ConfigDict({"eval_flip": True, "eval_shift": 1})
   res10 = trainer.evaluate(model, evaluators.eval_step_for(task, cfg), batches, mesh, task=task)

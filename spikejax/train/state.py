@@ -110,6 +110,7 @@ def validate(config, num_devices: int) -> None:
                       f"pixels; use image_size >= {stride} or smaller model.strides.")
   family = from_config.family(config)
   tasks_lib.check_model(task, config, family)
+  tasks_lib.check_eval_views(task, config)
   task.validate(config, family)
   evaluators_lib.from_config(config, task, num_devices)
 

@@ -150,8 +150,7 @@ def from_config(config) -> Task:
 
 
 def check_model(task: Task, config, family: str) -> None:
-  """Raises ``ConfigError`` if ``config.model_name`` (of ``family``) does not fit ``task``
-  (or asks a task without ``multi_view_eval`` for test-time views):
+  """Raises ``ConfigError`` if ``config.model_name`` (of ``family``) does not fit ``task``:
   a task with ``families`` takes only those; one without takes any family no task claims."""
   claimed = {f: t.name for t in TASKS.values() if t.families for f in t.families}
   if task.families is not None:
@@ -161,6 +160,16 @@ def check_model(task: Task, config, family: str) -> None:
     ok = family not in claimed
     need = (f"family {family!r} is trained by task {claimed.get(family)!r}; task "
             f"{task.name!r} takes any other family")
+  if not ok:
+    hint = "".join(f", {t.name!r} a {'/'.join(f + '_*' for f in t.families)} model"
+                   for t in TASKS.values() if t.families)
+    raise ConfigError(f"task={task.name!r} does not fit model {config.model_name!r} (family "
+                      f"{family!r}): {need}{hint}.")
+
+
+def check_eval_views(task: Task, config) -> None:
+  """Raises ``ConfigError`` if ``config.eval_flip`` / ``config.eval_shift`` ask ``task`` for
+  test-time views it has not (``Task.multi_view_eval``) or the shift is not a count >= 0."""
   flip, shift = config.get("eval_flip"), config.get("eval_shift")
   if (flip or shift) and not task.multi_view_eval:
     raise ConfigError(f"eval_flip={flip}, eval_shift={shift}: task {task.name!r} has no "
@@ -170,8 +179,3 @@ def check_model(task: Task, config, family: str) -> None:
   if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int) or shift < 0):
     raise ConfigError(f"eval_shift={shift!r}: must be a whole number of pixels >= 0 (0: no "
                       "moved views).")
-  if not ok:
-    hint = "".join(f", {t.name!r} a {'/'.join(f + '_*' for f in t.families)} model"
-                   for t in TASKS.values() if t.families)
-    raise ConfigError(f"task={task.name!r} does not fit model {config.model_name!r} (family "
-                      f"{family!r}): {need}{hint}.")

@@ -114,17 +114,14 @@ def views_eval_step(flip: bool, shift: int):
   def step(model, batch, index):
     del index
     image = batch["image"]
+    moved = [shifted(image, dy, dx) for dy, dx in offsets]      # moved[0] is the image
+    views = moved + ([jnp.flip(v, axis=-2) for v in moved] if flip else [])
     single = model(model_input(image)).astype(jnp.float32)
     total = single
     with record.paused(model):        # firing records and spike maps: the image alone
-      for dy, dx in offsets:
-        view = shifted(image, dy, dx)
-        for mirrored in ((False, True) if flip else (False,)):
-          if (dy, dx, mirrored) != (0, 0, False):
-            v = jnp.flip(view, axis=-2) if mirrored else view
-            total = total + model(model_input(v)).astype(jnp.float32)
-    n = len(offsets) * (2 if flip else 1)
-    return {**_sums(total / n, batch), **_sums(single, batch, "_single"),
+      for v in views[1:]:
+        total = total + model(model_input(v)).astype(jnp.float32)
+    return {**_sums(total / len(views), batch), **_sums(single, batch, "_single"),
             "count": jnp.sum(batch["mask"])}
 
   return step
